@@ -1,0 +1,172 @@
+"""The configuration schema shared by every experiment, and its validation.
+
+`base_config()` returns the schema with defaults; experiment files in configs/ start from it and
+change fields, so every config has the same fields and types. `validate_config` checks a config
+against the schema and against the devices present, before any compute, and raises ConfigError
+naming the field and what is allowed.
+"""
+
+from typing import Any, Callable, Optional
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from resnet_jax import optim
+from resnet_jax.models import registry
+
+
+class ConfigError(ValueError):
+    """A config field has a value that is not allowed; the message names the field."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The schema: every field a config may have, with its default."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.global_batch_size = 128
+    c.eval_batch_size = 256
+    c.label_smoothing = 0.0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cifar_resnet20"
+    c.model.dtype = "float32"
+    c.model.shortcut = placeholder(str)
+    c.model.variant = placeholder(str)
+    c.model.zero_init_residual = False
+    c.model.bn_momentum = 0.9
+    c.model.bn_epsilon = 1e-5
+    c.model.bn_group_size = placeholder(int)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "digits"
+    c.data.max_shift = 1
+    c.data.image_size = 32
+    c.data.channels = 3
+    c.data.num_classes = 10
+    c.data.num_train_examples = 1024
+    c.data.num_eval_examples = 256
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "piecewise"
+    c.schedule.unit = "epochs"
+    c.schedule.length = 30.0
+    c.schedule.base_lr = 0.1
+    c.schedule.base_batch_size = 256
+    c.schedule.boundaries = (15.0, 25.0)
+    c.schedule.decay_factor = 0.1
+    c.schedule.warmup = 0.0
+    c.schedule.warmup_mode = "linear"
+    c.schedule.warmup_factor = 0.1
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.weight_decay_mode = "l2"
+    c.optimizer.exclude_bn_and_bias = False
+    c.optimizer.grad_clip_norm = 0.0
+
+    c.log_every_steps = 50
+    c.eval_every_steps = placeholder(int)
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    c.tensorboard = True
+    return c
+
+
+def model_options(config) -> dict[str, Any]:
+    """Keyword options for registry.create_model from config.model (unset placeholders omitted)."""
+    options = {k: v for k, v in config.model.items() if k != "name" and v is not None}
+    return options
+
+
+Check = Callable[[Any], bool]
+_RULES: list[tuple[str, Check, str]] = [
+    ("seed", lambda v: v >= 0, "a non-negative int"),
+    ("global_batch_size", lambda v: v > 0, "a positive int"),
+    ("eval_batch_size", lambda v: v > 0, "a positive int"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    ("schedule.name", lambda v: v in optim.SCHEDULES, f"one of {optim.SCHEDULES}"),
+    ("schedule.unit", lambda v: v in optim.UNITS, f"one of {optim.UNITS}"),
+    ("schedule.length", lambda v: v > 0, "a positive number"),
+    ("schedule.base_lr", lambda v: v > 0, "a positive float"),
+    ("schedule.base_batch_size", lambda v: v > 0, "a positive int"),
+    ("schedule.decay_factor", lambda v: 0 < v <= 1, "a float in (0, 1]"),
+    ("schedule.warmup", lambda v: v >= 0, "a non-negative number"),
+    ("schedule.warmup_mode", lambda v: v in optim.WARMUPS, f"one of {optim.WARMUPS}"),
+    ("schedule.warmup_factor", lambda v: 0 < v <= 1, "a float in (0, 1]"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "a non-negative float"),
+    ("optimizer.weight_decay_mode", lambda v: v in optim.WEIGHT_DECAY_MODES,
+     f"one of {optim.WEIGHT_DECAY_MODES}"),
+    ("optimizer.grad_clip_norm", lambda v: v >= 0, "a non-negative float (0 disables clipping)"),
+    ("log_every_steps", lambda v: v > 0, "a positive int"),
+    ("eval_every_steps", lambda v: v is None or v > 0, "a positive int, or None for every epoch"),
+    ("checkpoint_every_steps", lambda v: v > 0, "a positive int"),
+    ("keep_checkpoints", lambda v: v > 0, "a positive int"),
+]
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _check_schema(config, schema, prefix: str = "") -> None:
+    """Every field of `config` exists in `schema` with a compatible type."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown config field {name!r}; fields here: "
+                              f"{', '.join(sorted(prefix + k for k in schema.keys()))}")
+        expected = schema[key]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"config field {name!r} must be a group of fields")
+            _check_schema(value, expected, name + ".")
+            continue
+        field_type = schema.get_type(key) if hasattr(schema, "get_type") else type(expected)
+        if value is None or field_type is type(None):
+            continue
+        numeric = field_type is float and isinstance(value, int) and not isinstance(value, bool)
+        if not (isinstance(value, field_type) or numeric):
+            raise ConfigError(f"config field {name!r}={value!r} has type {type(value).__name__}; "
+                              f"expected {field_type.__name__}")
+
+
+def validate_config(config, device_count: Optional[int] = None,
+                    process_count: int = 1) -> None:
+    """Raise ConfigError for the first field that is not allowed; returns None when all is well.
+
+    device_count and process_count are those of the run (global); divisibility is checked against them.
+    """
+    _check_schema(config, base_config())
+    for field, ok, allowed in _RULES:
+        value = _get(config, field)
+        if not ok(value):
+            raise ConfigError(f"config.{field}={value!r} is not allowed; expected {allowed}")
+    if config.schedule.name == "piecewise":
+        if any(b <= 0 or b >= config.schedule.length for b in config.schedule.boundaries):
+            raise ConfigError(f"config.schedule.boundaries={tuple(config.schedule.boundaries)} must "
+                              f"lie inside (0, schedule.length={config.schedule.length})")
+    try:
+        registry.validate_options(config.model.name, model_options(config))
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from None
+    from resnet_jax.data import validate_data_config
+
+    validate_data_config(config.data)
+    for field in ("global_batch_size", "eval_batch_size"):
+        value = config[field]
+        for count, what in ((device_count, "devices"), (process_count, "processes")):
+            if count and value % count:
+                raise ConfigError(f"config.{field}={value} is not divisible by the {count} {what}; "
+                                  f"use a multiple of {count}")
+    group = config.model.bn_group_size
+    if group and device_count:
+        per_device = config.global_batch_size // device_count
+        if per_device % group:
+            raise ConfigError(f"config.model.bn_group_size={group} must divide the per-device batch "
+                              f"{per_device} (global_batch_size / {device_count} devices)")

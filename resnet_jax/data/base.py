@@ -1,0 +1,144 @@
+"""The input-pipeline contract every dataset implements, and the in-memory implementation.
+
+A pipeline yields host-local numpy batches: this process's rows of each global batch.
+  train: {"image": float32 [B_local, H, W, C], "label": int32 [B_local]}, endlessly, from a given step;
+         the global batch of step t is a function of (seed, t) alone, so a resumed run sees exactly the
+         examples an uninterrupted run would, and N processes together see what one process would.
+  eval:  {"image", "label", "mask": bool [B_local]}; every example of the eval split appears exactly once
+         across all processes, padding rows have mask False, and every process yields the same number
+         of batches.
+"""
+
+import abc
+import dataclasses
+import math
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSlice:
+    """Which part of every global batch this process feeds."""
+
+    global_batch_size: int
+    eval_batch_size: int
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self):
+        for field in ("global_batch_size", "eval_batch_size"):
+            if getattr(self, field) % self.process_count:
+                raise ValueError(f"{field}={getattr(self, field)} is not divisible by the process "
+                                 f"count {self.process_count}")
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.global_batch_size // self.process_count
+
+    @property
+    def local_eval_batch_size(self) -> int:
+        return self.eval_batch_size // self.process_count
+
+    def local_rows(self) -> slice:
+        """Rows of a global train batch that belong to this process."""
+        start = self.process_index * self.local_batch_size
+        return slice(start, start + self.local_batch_size)
+
+    def eval_shard(self, num_examples: int) -> tuple[int, int]:
+        """[start, stop) of this process's contiguous share of an eval split of `num_examples`."""
+        per_process = math.ceil(num_examples / self.process_count)
+        start = min(self.process_index * per_process, num_examples)
+        return start, min(start + per_process, num_examples)
+
+    def num_eval_batches(self, num_examples: int) -> int:
+        """Eval batches per process (equal on every process)."""
+        return math.ceil(math.ceil(num_examples / self.process_count) / self.local_eval_batch_size)
+
+
+def pad_eval_batch(batch: Batch, size: int) -> Batch:
+    """Pad a partial eval batch to `size` rows with zeros; adds `mask` (True for real rows)."""
+    n = len(batch["label"])
+    out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    out["mask"] = np.arange(size) < n
+    return out
+
+
+class Pipeline(abc.ABC):
+    """A dataset's train and eval streams for one process (see the module docstring)."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    num_train_examples: int
+    num_eval_examples: int
+    hosts: HostSlice
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global steps in one pass over the train split (the last partial batch is dropped)."""
+        return max(1, self.num_train_examples // self.hosts.global_batch_size)
+
+    @abc.abstractmethod
+    def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
+        """Host-local train batches for steps start_step, start_step + 1, ..."""
+
+    @abc.abstractmethod
+    def eval_batches(self) -> Iterator[Batch]:
+        """Host-local eval batches with masks, covering the eval split exactly once."""
+
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+class ArrayPipeline(Pipeline):
+    """A pipeline over arrays held in memory (the embedded and synthetic datasets).
+
+    Order: epoch e is the permutation np.random.default_rng([seed, e]); step t reads rows
+    [i * B, (i + 1) * B) of it with i = t mod steps_per_epoch. `augment(images, rng)` transforms a
+    whole global batch with rng = default_rng([seed, t, 1]) before this process takes its rows, so
+    the result does not depend on the process count.
+    """
+
+    def __init__(self, train: tuple[np.ndarray, np.ndarray], eval_: tuple[np.ndarray, np.ndarray],
+                 num_classes: int, hosts: HostSlice, seed: int,
+                 augment: Optional[Augment] = None):
+        self.train_images, self.train_labels = train
+        self.eval_images, self.eval_labels = eval_
+        self.num_classes = num_classes
+        self.image_shape = tuple(self.train_images.shape[1:])
+        self.num_train_examples = len(self.train_labels)
+        self.num_eval_examples = len(self.eval_labels)
+        self.hosts = hosts
+        self.seed = seed
+        self.augment = augment
+        if self.num_train_examples < hosts.global_batch_size:
+            raise ValueError(f"global_batch_size={hosts.global_batch_size} exceeds the "
+                             f"{self.num_train_examples} train examples")
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """Train-set indices of the global batch of `step`."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train_examples)
+        b = self.hosts.global_batch_size
+        return order[i * b:(i + 1) * b]
+
+    def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
+        step = start_step
+        rows = self.hosts.local_rows()
+        while True:
+            idx = self.global_indices(step)
+            images = self.train_images[idx]
+            if self.augment is not None:
+                images = self.augment(images, np.random.default_rng([self.seed, step, 1]))
+            yield {"image": images[rows].astype(np.float32), "label": self.train_labels[idx][rows]}
+            step += 1
+
+    def eval_batches(self) -> Iterator[Batch]:
+        start, stop = self.hosts.eval_shard(self.num_eval_examples)
+        size = self.hosts.local_eval_batch_size
+        for b in range(self.hosts.num_eval_batches(self.num_eval_examples)):
+            lo, hi = min(start + b * size, stop), min(start + (b + 1) * size, stop)
+            yield pad_eval_batch({"image": self.eval_images[lo:hi].astype(np.float32),
+                                  "label": self.eval_labels[lo:hi]}, size)

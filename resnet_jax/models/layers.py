@@ -1,0 +1,88 @@
+"""Building layers shared by every residual network: convolution, BatchNorm, shortcuts.
+
+All tensors are NHWC. Parameters and BatchNorm statistics are float32; `dtype` is the compute dtype.
+Padding is explicit and symmetric (as torchvision), so imported torchvision weights give its logits.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+# He et al. 2015 initialisation, fan-out mode (torchvision's kaiming_normal_(mode="fan_out")).
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel: int, stride: int = 1, groups: int = 1, *, dtype: Dtype,
+         name: Optional[str] = None) -> nn.Conv:
+    """A bias-free `kernel` x `kernel` convolution padded by kernel // 2 on every side."""
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
+                   kernel_init=he_normal_fan_out, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the batch, or over consecutive groups of `group_size` examples.
+
+    Statistics are computed in float32 over (N, H, W) of x: [N, H, W, C]; with `group_size` set, each
+    group of `group_size` consecutive examples is normalised by its own statistics (the paper's BN over
+    32 images per GPU), and the running statistics average the groups' statistics. Under `jax.jit` with
+    the batch sharded, whole-batch statistics are global-batch statistics.
+
+    `momentum` follows Flax: running = momentum * running + (1 - momentum) * batch (PyTorch's 0.1 is 0.9).
+    The running variance is the biased batch variance. The output has dtype `dtype`.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    group_size: Optional[int] = None
+    scale_init: Any = nn.initializers.ones
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+
+        x32 = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+            y = (x32 - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))) + bias
+            return y.astype(self.dtype)
+
+        batch = x.shape[0]
+        group = self.group_size or batch
+        if batch % group:
+            raise ValueError(f"BatchNorm: batch size {batch} is not a multiple of bn_group_size {group}")
+        xg = x32.reshape((batch // group, group) + x.shape[1:])
+        reduce_axes = tuple(range(1, xg.ndim - 1))
+        mean = jnp.mean(xg, axis=reduce_axes, keepdims=True)
+        var = jnp.mean(jnp.square(xg - mean), axis=reduce_axes, keepdims=True)
+        y = (xg - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))) + bias
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=tuple(range(xg.ndim - 1)))
+            ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=tuple(range(xg.ndim - 1)))
+        return y.reshape(x.shape).astype(self.dtype)
+
+
+def subsample_and_zero_pad(x: jnp.ndarray, features: int, stride: int) -> jnp.ndarray:
+    """Option A shortcut: keep every `stride`-th pixel and zero-pad channels up to `features`.
+
+    x: [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), features]; no parameters.
+    """
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    extra = features - x.shape[-1]
+    if extra < 0:
+        raise ValueError(f"option A cannot shrink channels ({x.shape[-1]} -> {features})")
+    if extra:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    return x

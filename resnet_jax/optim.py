@@ -1,0 +1,98 @@
+"""Optax optimizers and learning-rate schedules built from the config's `schedule` and `optimizer`.
+
+Lengths (`length`, `boundaries`, `warmup`) are in `schedule.unit`: "epochs" or "steps". The peak
+learning rate follows the linear scaling rule: base_lr * global_batch_size / base_batch_size.
+
+Weight decay:
+  "l2"        the paper's L2 penalty, wd/2 * |w|^2 in the loss, i.e. wd * w added to the gradient
+              before momentum (PyTorch's SGD weight_decay);
+  "decoupled" wd * w added to the update after momentum, then scaled by the learning rate (SGDW).
+With `exclude_bn_and_bias`, only convolution and dense kernels decay.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("piecewise", "cosine", "constant")
+UNITS = ("epochs", "steps")
+WARMUPS = ("linear", "constant")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
+    return int(round(value * steps_per_epoch)) if unit == "epochs" else int(value)
+
+
+def total_steps(schedule_config, steps_per_epoch: int) -> int:
+    """Number of training steps of the whole run."""
+    return _to_steps(schedule_config.length, schedule_config.unit, steps_per_epoch)
+
+
+def peak_learning_rate(schedule_config, global_batch_size: int) -> float:
+    """base_lr scaled by the linear scaling rule."""
+    return schedule_config.base_lr * global_batch_size / schedule_config.base_batch_size
+
+
+def learning_rate_schedule(schedule_config, steps_per_epoch: int,
+                           global_batch_size: int) -> optax.Schedule:
+    """step (int) -> learning rate (float32) for the whole run, warm-up included."""
+    c = schedule_config
+    lr = peak_learning_rate(c, global_batch_size)
+    total = total_steps(c, steps_per_epoch)
+    warmup = _to_steps(c.warmup, c.unit, steps_per_epoch)
+    if c.name == "piecewise":
+        bounds = {_to_steps(b, c.unit, steps_per_epoch): c.decay_factor for b in c.boundaries}
+        main = optax.piecewise_constant_schedule(lr, bounds)
+    elif c.name == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(1, total - warmup))
+    else:
+        main = optax.constant_schedule(lr)
+    if not warmup:
+        return main
+    if c.warmup_mode == "linear":
+        ramp = optax.linear_schedule(0.0, lr, warmup)
+    else:
+        ramp = optax.constant_schedule(lr * c.warmup_factor)
+    # Piecewise boundaries are absolute steps; cosine decays over what follows the warm-up.
+    if c.name == "cosine":
+        return optax.join_schedules([ramp, main], [warmup])
+    return lambda step: jnp.where(step < warmup, ramp(step), main(step))
+
+
+def weight_decay_mask(params) -> object:
+    """True for convolution and dense kernels, False for BatchNorm scales and all biases."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def build_optimizer(optimizer_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """SGD with momentum (optionally Nesterov), weight decay, optional global-norm clipping."""
+    c = optimizer_config
+    mask = weight_decay_mask if c.exclude_bn_and_bias else None
+    decay = optax.add_decayed_weights(c.weight_decay, mask) if c.weight_decay else optax.identity()
+    momentum = optax.trace(decay=c.momentum, nesterov=c.nesterov)
+    parts = [optax.clip_by_global_norm(c.grad_clip_norm)] if c.grad_clip_norm else []
+    parts += [decay, momentum] if c.weight_decay_mode == "l2" else [momentum, decay]
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts)
+
+
+def describe_schedule(schedule_config, steps_per_epoch: int, global_batch_size: int) -> str:
+    """Human-readable summary: run length and the learning rate at its key steps."""
+    c = schedule_config
+    fn = learning_rate_schedule(c, steps_per_epoch, global_batch_size)
+    total = total_steps(c, steps_per_epoch)
+    keys = {0, total - 1, _to_steps(c.warmup, c.unit, steps_per_epoch)}
+    if c.name == "piecewise":
+        for b in c.boundaries:
+            s = _to_steps(b, c.unit, steps_per_epoch)
+            keys |= {s - 1, s}
+    elif c.name == "cosine":
+        keys |= {total // 4, total // 2, 3 * total // 4}
+    lines = [f"{total:,} steps = {total / steps_per_epoch:.2f} epochs of {steps_per_epoch:,} steps "
+             f"(global batch {global_batch_size}); peak lr "
+             f"{peak_learning_rate(c, global_batch_size):g}"]
+    for s in sorted(k for k in keys if 0 <= k < total):
+        lines.append(f"  step {s:>9,} (epoch {s / steps_per_epoch:8.2f}): lr {float(fn(s)):.6g}")
+    return "\n".join(lines)

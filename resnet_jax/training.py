@@ -1,0 +1,270 @@
+"""The training loop: config -> model, data, optimizer -> jit-compiled steps over the mesh -> a run.
+
+`train_and_evaluate(config, workdir)` trains, evaluates and checkpoints, and resumes by itself from the
+latest complete checkpoint in `workdir/checkpoints`. The hot loop dispatches steps without waiting for
+the devices; metrics stay on device until a log, eval or checkpoint step fetches them.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from functools import partial
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from resnet_jax import optim, parallel
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.config import model_options, validate_config
+from resnet_jax.data import HostSlice, Pipeline, build_pipeline
+from resnet_jax.evaluation import evaluate
+from resnet_jax.metric_writers import MetricWriter
+from resnet_jax.models import create_model
+from resnet_jax.models.summary import summarize
+from resnet_jax.steps import TrainState, create_train_state, make_eval_step, make_train_step
+
+# Dense bfloat16 peak FLOP/s per device, by a substring of jax's device_kind (for MFU).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v4": 275e12,
+              "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the message names the step."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run builds from its config before touching data."""
+
+    config: Any
+    mesh: jax.sharding.Mesh
+    pipeline: Pipeline
+    model: Any
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    total_steps: int
+    init_state: Callable[[], TrainState]
+    train_step: Callable
+    eval_step: Callable
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.pipeline.steps_per_epoch
+
+
+def build_experiment(config, devices=None) -> Experiment:
+    """Validate `config` against the devices present, then build model, data, optimizer and steps."""
+    mesh = parallel.make_mesh(devices)
+    validate_config(config, device_count=mesh.size, process_count=jax.process_count())
+    hosts = HostSlice(config.global_batch_size, config.eval_batch_size, jax.process_index(),
+                      jax.process_count())
+    pipeline = build_pipeline(config.data, hosts, config.seed)
+    model = create_model(config.model.name, num_classes=pipeline.num_classes,
+                         **model_options(config))
+    schedule = optim.learning_rate_schedule(config.schedule, pipeline.steps_per_epoch,
+                                            config.global_batch_size)
+    tx = optim.build_optimizer(config.optimizer, schedule)
+    replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    init = jax.jit(partial(create_train_state, model, tx, pipeline.image_shape, config.seed),
+                   out_shardings=replicated)
+    train_step = jax.jit(make_train_step(model, tx, schedule, config.label_smoothing),
+                         in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+                         donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch),
+                        out_shardings=replicated)
+    return Experiment(config, mesh, pipeline, model, schedule, tx,
+                      optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,
+                      train_step, eval_step)
+
+
+class _StopRequest:
+    """Set by SIGTERM (preemption) or the first Ctrl-C; the loop then checkpoints and returns."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.event.set()
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self.event.is_set()
+
+
+def _peak_flops() -> Optional[float]:
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _TrainLogger:
+    """Holds per-step device metrics until a flush; then checks them, averages and writes them."""
+
+    def __init__(self, exp: Experiment, writer: MetricWriter, train_flops_per_image: float):
+        self.exp, self.writer = exp, writer
+        self.pending: list[tuple[int, dict]] = []
+        self.window_start = time.perf_counter()
+        self.window_steps = 0
+        self.flops = train_flops_per_image
+        self.peak = _peak_flops()
+        self.tty = sys.stdout.isatty() and jax.process_index() == 0
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+        self.window_steps += 1
+        if self.tty:
+            done = step / self.exp.total_steps
+            bar = "#" * int(30 * done)
+            sys.stdout.write(f"\r[{bar:<30}] {step}/{self.exp.total_steps}")
+            sys.stdout.flush()
+
+    def check(self) -> None:
+        """Fetch pending metrics; raise NonFiniteLossError naming the first bad step."""
+        fetched = jax.device_get(self.pending)
+        for step, m in fetched:
+            if not np.isfinite(m["loss"]):
+                raise NonFiniteLossError(f"training loss is {m['loss']} at step {step}")
+        self.pending = fetched
+
+    def flush(self, step: int) -> None:
+        self.check()
+        if not self.pending:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        mean = {k: float(np.mean([m[k] for _, m in self.pending])) for k in self.pending[0][1]}
+        mean["lr"] = float(self.pending[-1][1]["lr"])
+        step_time = elapsed / self.window_steps
+        images = self.exp.config.global_batch_size / step_time
+        mean.update(step_time=step_time, images_per_sec=images,
+                    images_per_sec_per_device=images / self.exp.mesh.size,
+                    epoch=step / self.exp.steps_per_epoch)
+        if self.peak:
+            mean["mfu"] = images * self.flops / (self.peak * self.exp.mesh.size)
+        self.writer.write(step, "train", mean)
+        eta = (self.exp.total_steps - step) * step_time
+        if jax.process_index() == 0:
+            prefix = "\n" if self.tty else ""
+            print(f"{prefix}step {step:>7}/{self.exp.total_steps} epoch {mean['epoch']:6.2f} | "
+                  f"loss {mean['loss']:.4f} top1 {100 * mean['top1']:6.2f}% lr {mean['lr']:.4g} "
+                  f"| {images:,.0f} img/s ({images / self.exp.mesh.size:,.0f}/device) "
+                  f"{1000 * step_time:.1f} ms/step | ETA {_format_duration(eta)}", flush=True)
+        self.pending, self.window_steps = [], 0
+        self.window_start = time.perf_counter()
+
+
+def dry_run_report(exp: Experiment) -> str:
+    """The resolved config, the model summary and the schedule, as printed by --dry_run."""
+    c = exp.config
+    size = exp.pipeline.image_shape[0]
+    summary = summarize(c.model.name, size, num_classes=exp.pipeline.num_classes,
+                        **model_options(c))
+    return "\n\n".join([
+        "Resolved config:\n" + str(c),
+        f"Data: {c.data.dataset}, {exp.pipeline.num_train_examples:,} train / "
+        f"{exp.pipeline.num_eval_examples:,} eval examples of shape {exp.pipeline.image_shape}, "
+        f"{exp.pipeline.num_classes} classes; {exp.mesh.size} device(s), "
+        f"{jax.process_count()} process(es)",
+        "Model:\n" + summary.format(),
+        "Schedule:\n" + optim.describe_schedule(c.schedule, exp.steps_per_epoch,
+                                                c.global_batch_size),
+    ])
+
+
+def _meta(exp: Experiment, step: int, metrics: Optional[dict] = None) -> dict:
+    return {"step": step, "epoch": step // exp.steps_per_epoch,
+            "position_in_epoch": step % exp.steps_per_epoch,
+            "examples_seen": step * exp.config.global_batch_size,
+            "config": exp.config.to_dict(), "metrics": metrics or {}}
+
+
+def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
+    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval
+    metrics with the step reached and whether the run stopped early on a signal."""
+    exp = build_experiment(config, devices)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
+                                async_save=config.async_checkpointing)
+    state = exp.init_state()
+    start = checkpointer.latest_step()
+    if start is not None:
+        state, _ = checkpointer.restore(start, state)
+        if is_main:
+            print(f"Resumed from step {start} in {workdir}", flush=True)
+    start = int(start or 0)
+
+    flops = 2 * 3 * summarize(config.model.name, exp.pipeline.image_shape[0],
+                              num_classes=exp.pipeline.num_classes, **model_options(config)).macs
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
+    logger = _TrainLogger(exp, writer, flops)
+    eval_every = config.eval_every_steps or exp.steps_per_epoch
+    result: dict[str, Any] = {"step": start, "preempted": False}
+    batches = exp.pipeline.train_batches(start)
+    try:
+        with _StopRequest() as stop:
+            for step in range(start + 1, exp.total_steps + 1):
+                state, metrics = exp.train_step(state, parallel.global_batch(next(batches), exp.mesh))
+                logger.add(step, metrics)
+                if step == start + 1:
+                    jax.block_until_ready(metrics)
+                    logger.window_start, logger.window_steps = time.perf_counter(), 0
+                    logger.pending = []
+                preempted = stop.requested(step)
+                last = step == exp.total_steps
+                if step % config.log_every_steps == 0 or last or preempted:
+                    logger.flush(step)
+                eval_metrics = None
+                if step % eval_every == 0 or last:
+                    logger.check()
+                    eval_metrics = evaluate(exp, state)
+                    writer.write(step, "eval", eval_metrics)
+                    result["eval"] = eval_metrics
+                    if is_main:
+                        print(f"eval at step {step}: loss {eval_metrics['loss']:.4f} top1 "
+                              f"{100 * eval_metrics['top1']:.2f}% top5 "
+                              f"{100 * eval_metrics['top5']:.2f}% over "
+                              f"{int(eval_metrics['count'])} examples", flush=True)
+                if step % config.checkpoint_every_steps == 0 or eval_metrics or last or preempted:
+                    logger.check()
+                    ckpt_metrics = {f"eval_{k}": v for k, v in (eval_metrics or {}).items()}
+                    checkpointer.save(step, state, _meta(exp, step, ckpt_metrics), ckpt_metrics)
+                result["step"] = step
+                if preempted:
+                    result["preempted"] = True
+                    if is_main:
+                        print(f"Stop requested: saved step {step}; run the same command to resume.",
+                              flush=True)
+                    break
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+    return result
