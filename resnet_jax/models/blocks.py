@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, conv, subsample_and_zero_pad
+from resnet_jax.models.layers import BatchNorm, conv, he_normal_fan_out, subsample_and_zero_pad
 
 SHORTCUTS = ("A", "B", "C", "none")
 
@@ -74,10 +74,9 @@ class ResidualBlockBase(nn.Module):
             for i, (kernel, features, stride, groups) in enumerate(layers, start=1):
                 if i > 1:
                     h = nn.relu(self.norm(name=f"bn{i}")(h))
-                layer = conv(features, kernel, stride, groups, dtype=self.dtype, name=f"conv{i}")
-                if i == last and self.zero_init_residual:
-                    layer = layer.clone(kernel_init=zero)
-                h = layer(h)
+                init = zero if (i == last and self.zero_init_residual) else he_normal_fan_out
+                h = conv(features, kernel, stride, groups, dtype=self.dtype, name=f"conv{i}",
+                         kernel_init=init)(h)
             return h if residual is None else h + residual.astype(h.dtype)
 
         h = x

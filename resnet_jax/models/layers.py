@@ -7,6 +7,7 @@ Padding is explicit and symmetric (as torchvision), so imported torchvision weig
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -16,24 +17,26 @@ he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(features: int, kernel: int, stride: int = 1, groups: int = 1, *, dtype: Dtype,
-         name: Optional[str] = None) -> nn.Conv:
+         name: Optional[str] = None, kernel_init: Any = he_normal_fan_out) -> nn.Conv:
     """A bias-free `kernel` x `kernel` convolution padded by kernel // 2 on every side."""
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
-                   kernel_init=he_normal_fan_out, dtype=dtype, param_dtype=jnp.float32, name=name)
+                   kernel_init=kernel_init, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class BatchNorm(nn.Module):
     """BatchNorm over the batch, or over consecutive groups of `group_size` examples.
 
-    Statistics are computed in float32 over (N, H, W) of x: [N, H, W, C]; with `group_size` set, each
-    group of `group_size` consecutive examples is normalised by its own statistics (the paper's BN over
-    32 images per GPU), and the running statistics average the groups' statistics. Under `jax.jit` with
+    Statistics are float32, over (N, H, W) of x: [N, H, W, C]; with `group_size` set, each group of
+    `group_size` consecutive examples is normalised by its own statistics (the paper's BN over 32
+    images per GPU), and the running statistics average the groups' statistics. Under `jax.jit` with
     the batch sharded, whole-batch statistics are global-batch statistics.
 
-    `momentum` follows Flax: running = momentum * running + (1 - momentum) * batch (PyTorch's 0.1 is 0.9).
-    The running variance is the biased batch variance. The output has dtype `dtype`.
+    Mean and mean square come from one fused pass (var = E[x^2] - E[x]^2, accumulated in float32);
+    the per-channel scale and shift are folded in float32 and applied to x in `dtype`.
+    `momentum` follows Flax: running = momentum * running + (1 - momentum) * batch (PyTorch's 0.1 is
+    0.9). The running variance is the biased batch variance. The output has dtype `dtype`.
     """
 
     use_running_average: bool
@@ -51,26 +54,30 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
 
-        x32 = x.astype(jnp.float32)
         if self.use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-            y = (x32 - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))) + bias
-            return y.astype(self.dtype)
+            return self._normalize(x, ra_mean.value, ra_var.value, scale, bias)
 
         batch = x.shape[0]
         group = self.group_size or batch
         if batch % group:
             raise ValueError(f"BatchNorm: batch size {batch} is not a multiple of bn_group_size {group}")
-        xg = x32.reshape((batch // group, group) + x.shape[1:])
-        reduce_axes = tuple(range(1, xg.ndim - 1))
-        mean = jnp.mean(xg, axis=reduce_axes, keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=reduce_axes, keepdims=True)
-        y = (xg - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))) + bias
+        xg = x.reshape((batch // group, group) + x.shape[1:])
+        axes = tuple(range(1, xg.ndim - 1))
+        mean = jnp.mean(xg, axis=axes, dtype=jnp.float32, keepdims=True)
+        mean_sq = jnp.mean(jnp.square(xg.astype(jnp.float32)), axis=axes, keepdims=True)
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
         if not self.is_initializing():
+            over_groups = tuple(range(xg.ndim - 1))
             m = self.momentum
-            ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=tuple(range(xg.ndim - 1)))
-            ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=tuple(range(xg.ndim - 1)))
-        return y.reshape(x.shape).astype(self.dtype)
+            ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=over_groups)
+            ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=over_groups)
+        return self._normalize(xg, mean, var, scale, bias).reshape(x.shape)
+
+    def _normalize(self, x, mean, var, scale, bias):
+        """x * a + b in `dtype`, with a = scale / sqrt(var + eps) and b = bias - mean * a (float32)."""
+        a = scale * jax.lax.rsqrt(var + self.epsilon)
+        b = bias - mean * a
+        return x.astype(self.dtype) * a.astype(self.dtype) + b.astype(self.dtype)
 
 
 def subsample_and_zero_pad(x: jnp.ndarray, features: int, stride: int) -> jnp.ndarray:

@@ -99,10 +99,11 @@ def count_params(params) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
-def summarize(name: str, image_size: int = 224, **options) -> ModelSummary:
-    """Per-stage parameters, MACs and output shapes of the registered model `name`."""
+def summarize(name: str, image_size: int = 224, channels: int = 3, **options) -> ModelSummary:
+    """Per-stage parameters, MACs and output shapes of the registered model `name` on images of
+    [image_size, image_size, channels]."""
     model = create_model(name, **options)
-    variables, macs, shapes = trace_model(model, image_size)
+    variables, macs, shapes = trace_model(model, image_size, channels)
     params_by_stage: dict[str, int] = {}
     for key, value in variables["params"].items():
         stage = _stage_of((key,))
@@ -112,9 +113,10 @@ def summarize(name: str, image_size: int = 224, **options) -> ModelSummary:
     return ModelSummary(name, image_size, rows)
 
 
-def flops_per_example(name: str, image_size: int, **options) -> tuple[int, int]:
+def flops_per_example(name: str, image_size: int, channels: int = 3,
+                      **options) -> tuple[int, int]:
     """(forward FLOPs, training FLOPs) per image: 2 FLOPs per MAC; training is 3x the forward."""
-    forward = 2 * summarize(name, image_size, **options).macs
+    forward = 2 * summarize(name, image_size, channels, **options).macs
     return forward, 3 * forward
 
 

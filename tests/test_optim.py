@@ -1,0 +1,104 @@
+"""Learning-rate schedules and SGD variants against hand-computed values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from resnet_jax import optim
+from resnet_jax.config import base_config
+
+
+def schedule_config(**fields):
+    c = base_config().schedule
+    for k, v in fields.items():
+        c[k] = v
+    return c
+
+
+def lrs(config, steps, steps_per_epoch=100, batch=256):
+    fn = optim.learning_rate_schedule(config, steps_per_epoch, batch)
+    return [float(fn(s)) for s in steps]
+
+
+def test_paper_cifar_schedule():
+    # 0.1 at batch 128, divided by 10 at 32k and 48k iterations, stop at 64k.
+    c = schedule_config(unit="steps", length=64000, boundaries=(32000, 48000), base_lr=0.1,
+                        base_batch_size=128)
+    assert lrs(c, [0, 31999, 32000, 47999, 48000, 63999], batch=128) == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert optim.total_steps(c, 390) == 64000
+
+
+def test_resnet110_warmup_is_constant_0_01_for_400_iterations():
+    c = schedule_config(unit="steps", length=64000, boundaries=(32000, 48000), base_lr=0.1,
+                        base_batch_size=128, warmup=400, warmup_mode="constant", warmup_factor=0.1)
+    assert lrs(c, [0, 399, 400, 32000], batch=128) == pytest.approx([0.01, 0.01, 0.1, 0.01])
+
+
+def test_imagenet_schedule_in_epochs_with_linear_scaling():
+    c = schedule_config(unit="epochs", length=90, boundaries=(30, 60, 80), base_lr=0.1)
+    # Global batch 1024 -> peak 0.4; 100 steps per epoch.
+    assert lrs(c, [0, 2999, 3000, 6000, 8000], batch=1024) == pytest.approx(
+        [0.4, 0.4, 0.04, 0.004, 0.0004])
+
+
+def test_cosine_with_linear_warmup():
+    c = schedule_config(name="cosine", unit="epochs", length=10, warmup=2, base_lr=0.1)
+    values = lrs(c, [0, 100, 200, 600, 999])
+    assert values[0] == 0.0 and values[1] == pytest.approx(0.05)
+    assert values[2] == pytest.approx(0.1)
+    assert values[3] == pytest.approx(0.05, rel=1e-3)  # halfway through the decay
+    assert values[4] < 1e-5
+    assert "1,000 steps = 10.00 epochs" in optim.describe_schedule(c, 100, 256)
+
+
+def _one_update(mode, exclude, nesterov=False):
+    c = base_config().optimizer
+    c.weight_decay, c.weight_decay_mode, c.exclude_bn_and_bias = 0.5, mode, exclude
+    c.momentum, c.nesterov = 0.9, nesterov
+    tx = optim.build_optimizer(c, optax.constant_schedule(0.1))
+    params = {"conv": {"kernel": jnp.array(2.0)}, "bn": {"bias": jnp.array(2.0)}}
+    grads = {"conv": {"kernel": jnp.array(1.0)}, "bn": {"bias": jnp.array(1.0)}}
+    state = tx.init(params)
+    u1, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, u1)
+    u2, _ = tx.update(grads, state, params)
+    return jax.tree.map(float, (u1, u2))
+
+
+def test_l2_weight_decay_enters_the_gradient_before_momentum():
+    (u1, u2) = _one_update("l2", exclude=False)
+    # g + wd * w = 1 + 0.5 * 2 = 2 -> -0.2; then w = 1.8, buf = 0.9 * 2 + (1 + 0.9) = 3.7 -> -0.37
+    assert u1["conv"]["kernel"] == pytest.approx(-0.2)
+    assert u2["conv"]["kernel"] == pytest.approx(-0.37)
+
+
+def test_decoupled_weight_decay_is_added_after_momentum_and_can_exempt_bn_and_bias():
+    (u1, u2) = _one_update("decoupled", exclude=True)
+    # kernel: -lr * (g + wd * w) = -0.1 * 2 at step 1; step 2: -0.1 * (0.9 * 1 + 1 + 0.5 * 1.8)
+    assert u1["conv"]["kernel"] == pytest.approx(-0.2)
+    assert u2["conv"]["kernel"] == pytest.approx(-0.28)
+    # bias: no decay at all, plain momentum.
+    assert u1["bn"]["bias"] == pytest.approx(-0.1)
+    assert u2["bn"]["bias"] == pytest.approx(-0.19)
+
+
+def test_nesterov_momentum_matches_pytorch_formula():
+    (u1, _) = _one_update("l2", exclude=True, nesterov=True)
+    # buf = g; update = g + momentum * buf = 1.9 (bias, no decay)
+    assert u1["bn"]["bias"] == pytest.approx(-0.19)
+
+
+def test_weight_decay_mask_selects_kernels_only():
+    mask = optim.weight_decay_mask({"a": {"kernel": 1, "bias": 2, "scale": 3}})
+    assert mask == {"a": {"kernel": True, "bias": False, "scale": False}}
+
+
+def test_gradient_clipping():
+    c = base_config().optimizer
+    c.weight_decay, c.momentum, c.grad_clip_norm = 0.0, 0.0, 1.0
+    tx = optim.build_optimizer(c, optax.constant_schedule(1.0))
+    updates, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
+    np.testing.assert_allclose(updates["w"], [-0.6, -0.8], rtol=1e-6)
