@@ -37,14 +37,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.bn_epsilon = 1e-5
     c.model.bn_group_size = placeholder(int)
 
+    # Input pipeline (docs/data.md describes every field). None = the dataset's default.
     c.data = ml_collections.ConfigDict()
-    c.data.dataset = "digits"
-    c.data.max_shift = 1
+    c.data.dataset = "digits"  # digits, synthetic, cifar10, cifar100, imagenet2012, tfds, folder
+    c.data.tfds_name = placeholder(str)  # dataset="tfds": a TFDS dataset with an image and a label
+    c.data.data_dir = placeholder(str)  # TFDS data_dir (None: TFDS's default ~/tensorflow_datasets)
+    c.data.manual_dir = placeholder(str)  # manually downloaded archives (imagenet2012)
+    c.data.folder = placeholder(str)  # dataset="folder": <folder>/<split>/<class>/<image>
+    c.data.train_split = placeholder(str)  # TFDS split syntax, e.g. "train[:45000]" (None: train)
+    c.data.eval_split = placeholder(str)  # e.g. "train[45000:]" (None: test or validation)
     c.data.image_size = 32
     c.data.channels = 3
-    c.data.num_classes = 10
-    c.data.num_train_examples = 1024
-    c.data.num_eval_examples = 256
+    c.data.train_augment = placeholder(str)  # paper_imagenet, inception, cifar, none
+    c.data.eval_crop = "center"  # center, ten_crop, multi_scale
+    c.data.eval_scales = (224, 256, 384, 480, 640)  # shorter sides for eval_crop="multi_scale"
+    c.data.resize_size = placeholder(int)  # eval shorter side (None: 256 at 224; CIFAR: image_size)
+    c.data.normalization = "per_channel"  # per_channel, per_pixel_mean, torchvision
+    c.data.shuffle_buffer = placeholder(int)  # stream TFDS records via this buffer (None: auto)
+    c.data.max_shift = 1  # digits: random shift in pixels
+    c.data.num_classes = 10  # synthetic
+    c.data.num_train_examples = 1024  # synthetic
+    c.data.num_eval_examples = 256  # synthetic
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "piecewise"
@@ -73,6 +86,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.tensorboard = True
     return c
+
+
+def config_from_dict(values: dict) -> ml_collections.ConfigDict:
+    """The schema updated with `values` (e.g. a config stored as JSON); lists become tuples where
+    the schema has a tuple. Unknown fields raise ConfigError."""
+    config = base_config()
+
+    def update(target, source, prefix):
+        for key, value in source.items():
+            if key not in target:
+                raise ConfigError(f"unknown config field {prefix + key!r}")
+            if isinstance(target[key], ml_collections.ConfigDict):
+                update(target[key], value, prefix + key + ".")
+            else:
+                target[key] = tuple(value) if isinstance(target[key], tuple) else value
+
+    update(config, values, "")
+    return config
 
 
 def model_options(config) -> dict[str, Any]:

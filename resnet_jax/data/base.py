@@ -4,9 +4,14 @@ A pipeline yields host-local numpy batches: this process's rows of each global b
   train: {"image": float32 [B_local, H, W, C], "label": int32 [B_local]}, endlessly, from a given step;
          the global batch of step t is a function of (seed, t) alone, so a resumed run sees exactly the
          examples an uninterrupted run would, and N processes together see what one process would.
-  eval:  {"image", "label", "mask": bool [B_local]}; every example of the eval split appears exactly once
-         across all processes, padding rows have mask False, and every process yields the same number
-         of batches.
+         Exception: TFDS datasets streamed from their files (too large to hold in memory) are read
+         as one share of the files per process, so their order is a function of (seed, t, process
+         count) (sources.py).
+  eval:  {"label": int32 [B_local], "mask": bool [B_local]} and one or more image views: "image"
+         float32 [B_local, H, W, C] by default, [B_local, V, H, W, C] for V views of one size, or one
+         key per size, "image_<size>", each of either form; the eval step averages over all views.
+         Every example of the eval split appears exactly once across all processes, padding rows have
+         mask False, and every process yields the same number of batches.
 """
 
 import abc
@@ -59,9 +64,11 @@ class HostSlice:
 
 
 def pad_eval_batch(batch: Batch, size: int) -> Batch:
-    """Pad a partial eval batch to `size` rows with zeros; adds `mask` (True for real rows)."""
+    """Pad a partial eval batch to `size` rows with zeros; adds `mask` (True for real rows). A full
+    batch is not copied."""
     n = len(batch["label"])
-    out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    out = dict(batch) if n == size else {
+        k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
     out["mask"] = np.arange(size) < n
     return out
 

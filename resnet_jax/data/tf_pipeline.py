@@ -1,0 +1,194 @@
+"""The pipeline of file-backed datasets (TFDS datasets, image folders) through tf.data.
+
+Train, epoch e of this process: source.epoch(train split, seed_e) (sources.py: which examples, in which
+order) -> skip the examples of the steps already done (before any image is decoded; a folder's files
+are not even opened) -> load, decode and augment (preprocessing.py; parallel, deterministic) ->
+host-local batches -> prefetch. seed_e and the augmentation seeds come from (seed, e), so a run resumed
+at step t continues at exactly the example where an uninterrupted run would be.
+Eval: this process's contiguous share of the eval split (HostSlice.eval_shard), in a fixed order; the
+last batch is padded (mask False) and all-padding batches are added so every process yields
+HostSlice.num_eval_batches batches.
+"""
+
+import math
+from typing import Iterator
+
+import numpy as np
+
+from resnet_jax.config import ConfigError
+from resnet_jax.data import catalog, splits
+from resnet_jax.data.base import Batch, HostSlice, Pipeline, pad_eval_batch
+from resnet_jax.data.preprocessing import Preprocessor, center_view
+from resnet_jax.data.sources import Source, open_source, train_source
+from resnet_jax.data.splits import Range
+from resnet_jax.data.tf_runtime import dataset_options, tensorflow
+
+STATISTICS_EXAMPLES = 50_000  # train examples measured for per_pixel_mean, or unpublished channel stats
+STATISTICS_BATCH = 256
+
+
+class TFDataPipeline(Pipeline):
+    """Train and eval streams of one process (see the module docstring): train epochs from
+    `train_source`, eval reads from `source`."""
+
+    def __init__(self, source: Source, train_source: Source, train_ranges: list[Range],
+                 eval_ranges: list[Range], preprocessor: Preprocessor, hosts: HostSlice, seed: int):
+        self.source, self.train_source = source, train_source
+        self.train_ranges, self.eval_ranges = train_ranges, eval_ranges
+        self.preprocessor = preprocessor
+        self.hosts = hosts
+        self.seed = seed
+        self.num_classes = source.num_classes
+        self.image_shape = (preprocessor.image_size, preprocessor.image_size, preprocessor.channels)
+        self.num_train_examples = splits.count(train_ranges)
+        self.num_eval_examples = splits.count(eval_ranges)
+        if self.num_train_examples < hosts.global_batch_size:
+            raise ConfigError(f"config.global_batch_size={hosts.global_batch_size} exceeds the "
+                              f"{self.num_train_examples} examples of config.data.train_split")
+
+    def epoch_seeds(self, epoch: int) -> tuple[int, int]:
+        """(order seed, augmentation seed) of `epoch`."""
+        order, augment = np.random.SeedSequence([self.seed, epoch]).generate_state(2)
+        return int(order), int(augment)
+
+    def train_dataset(self, epoch: int, first_step: int = 0):
+        """tf.data.Dataset of this process's batches of steps first_step, first_step + 1, ... of
+        `epoch` (indices within the epoch)."""
+        tf = tensorflow()
+        order_seed, augment_seed = self.epoch_seeds(epoch)
+        local = self.hosts.local_batch_size
+        ds = self.train_source.epoch(self.train_ranges, self.hosts, self.steps_per_epoch, order_seed)
+
+        def prepare(example):
+            seed = tf.stack([tf.constant(augment_seed, tf.int64), example["key"]])
+            image = self.preprocessor.train(self.train_source.load(example["image"]), seed)
+            return {"image": image, "label": example["label"]}
+
+        ds = ds.skip(first_step * local)
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return ds.with_options(dataset_options())
+
+    def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
+        epoch, first_step = divmod(start_step, self.steps_per_epoch)
+        while True:
+            yield from self.train_dataset(epoch, first_step).as_numpy_iterator()
+            epoch, first_step = epoch + 1, 0
+
+    def eval_dataset(self):
+        """tf.data.Dataset of this process's eval batches (the last may be partial), or None if its
+        share is empty."""
+        tf = tensorflow()
+        start, stop = self.hosts.eval_shard(self.num_eval_examples)
+        if start == stop:
+            return None
+
+        def prepare(example):
+            views = self.preprocessor.eval(self.source.load(example["image"]))
+            return dict(views, label=example["label"])
+
+        ds = self.source.read(splits.take(self.eval_ranges, start, stop)).take(stop - start)
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(self.hosts.local_eval_batch_size).prefetch(tf.data.AUTOTUNE)
+        return ds.with_options(dataset_options())
+
+    def eval_batches(self) -> Iterator[Batch]:
+        size = self.hosts.local_eval_batch_size
+        ds = self.eval_dataset()
+        produced = 0
+        for batch in ds.as_numpy_iterator() if ds is not None else ():
+            yield pad_eval_batch(batch, size)
+            produced += 1
+        empty = {k: np.zeros((0,) + s, np.float32) for k, s in self.preprocessor.eval_shapes().items()}
+        empty["label"] = np.zeros((0,), np.int32)
+        for _ in range(self.hosts.num_eval_batches(self.num_eval_examples) - produced):
+            yield pad_eval_batch(empty, size)
+
+
+def split_ranges(source: Source, data_config) -> tuple[list[Range], list[Range]]:
+    """(train ranges, eval ranges) of config.data.train_split and eval_split, or of the dataset's
+    defaults."""
+    entry = catalog.DATASETS[data_config.dataset]
+    eval_spec = data_config.eval_split or entry.eval_split
+    if eval_spec is None:
+        eval_spec = next((s for s in catalog.EVAL_SPLIT_CANDIDATES if s in source.split_sizes), None)
+        if eval_spec is None:
+            raise ConfigError(f"config.data.eval_split is not set and {source.name} has none of the "
+                              f"splits {catalog.EVAL_SPLIT_CANDIDATES} (it has "
+                              f"{sorted(source.split_sizes)}); set it, e.g. 'train[90%:]' with "
+                              f"train_split='train[:90%]'")
+    ranges = []
+    for field, spec in (("train_split", data_config.train_split or entry.train_split),
+                        ("eval_split", eval_spec)):
+        try:
+            resolved = source.resolve(spec)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"config.data.{field}={spec!r} does not name examples of "
+                              f"{source.name} (splits: {_describe(source)}): {e}") from None
+        if not splits.count(resolved):
+            raise ConfigError(f"config.data.{field}={spec!r} names no examples of {source.name}")
+        ranges.append(resolved)
+    return ranges[0], ranges[1]
+
+
+def _describe(source: Source) -> str:
+    return ", ".join(f"{name} ({size.num_examples:,})" for name, size in source.split_sizes.items())
+
+
+def check_dataset(data_config) -> None:
+    """ConfigError, naming the field, if the dataset or its splits are not there (no download)."""
+    split_ranges(open_source(data_config), data_config)
+
+
+def measure_statistics(source: Source, ranges: list[Range], data_config,
+                       per_pixel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) on the 0-255 scale of the eval centre views of the first STATISTICS_EXAMPLES
+    examples of `ranges`: per channel ([C], [C]), or a mean image [S, S, C] and one std []."""
+    tf = tensorflow()
+    channels, size = data_config.channels, data_config.image_size
+    resize = catalog.resize_size(data_config)
+    ds = source.read(splits.take(ranges, 0, STATISTICS_EXAMPLES))
+    ds = ds.map(lambda ex: center_view(source.load(ex["image"]), channels, resize, size),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(STATISTICS_BATCH).prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
+    total = total_sq = 0.0
+    count = 0
+    for images in ds.as_numpy_iterator():
+        images = images.astype(np.float64)
+        total = total + images.sum(0)
+        total_sq = total_sq + np.square(images).sum(0)
+        count += len(images)
+    mean_image, mean_sq = total / count, total_sq / count
+    if per_pixel:
+        std = math.sqrt(float(np.mean(mean_sq - np.square(mean_image))))
+        return mean_image.astype(np.float32), np.float32(std)
+    mean = mean_image.mean((0, 1))
+    std = np.sqrt(mean_sq.mean((0, 1)) - np.square(mean))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalization_constants(source: Source, train_ranges: list[Range],
+                            data_config) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of config.data.normalization: published statistics where the dataset has them
+    (ImageNet's for "torchvision"), else measured on the train split."""
+    if data_config.normalization == "per_pixel_mean":
+        return measure_statistics(source, train_ranges, data_config, per_pixel=True)
+    published = (catalog.IMAGENET_MEAN_STD if data_config.normalization == "torchvision"
+                 else catalog.DATASETS[data_config.dataset].mean_std)
+    if published and data_config.channels == 3:
+        mean, std = (255 * np.array(v, np.float32) for v in published)
+        return mean, std
+    return measure_statistics(source, train_ranges, data_config, per_pixel=False)
+
+
+def tf_pipeline(data_config, hosts: HostSlice, seed: int) -> TFDataPipeline:
+    """The pipeline of a TFDS or folder dataset described by config.data."""
+    source = open_source(data_config)
+    train_ranges, eval_ranges = split_ranges(source, data_config)
+    train = train_source(source, train_ranges, data_config.shuffle_buffer)
+    mean, std = normalization_constants(train, train_ranges, data_config)
+    preprocessor = Preprocessor(
+        image_size=data_config.image_size, channels=data_config.channels,
+        train_augment=catalog.train_augment(data_config), resize_size=catalog.resize_size(data_config),
+        eval_crop=data_config.eval_crop, eval_scales=tuple(data_config.eval_scales), mean=mean, std=std)
+    return TFDataPipeline(source, train, train_ranges, eval_ranges, preprocessor, hosts, seed)
