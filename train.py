@@ -13,9 +13,7 @@ config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment conf
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 flags.DEFINE_bool("dry_run", False, "Print the validated config, model summary and schedule; exit.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+parallel.define_distributed_flags()
 FLAGS = flags.FLAGS
 
 
@@ -23,8 +21,7 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
+    parallel.initialize_from_flags()
     from resnet_jax import training
 
     if FLAGS.dry_run:

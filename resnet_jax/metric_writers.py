@@ -7,12 +7,61 @@ TensorBoard scalars go to `<workdir>/tensorboard/<split>/` as `<metric>`.
 
 import json
 import os
+import socket
+import struct
 import time
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C (Castagnoli) of `data`."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class EventFile:
+    """A TensorBoard event file written directly as TFRecords, without importing TensorFlow.
+
+    Record framing: uint64 length, masked CRC-32C of the length, the serialised Event, masked CRC-32C
+    of the Event (all little-endian).
+    """
+
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self._file: BinaryIO = open(os.path.join(directory, name), "wb")
+        self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: Event) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(header + struct.pack("<I", _masked_crc32c(header)) + data
+                         + struct.pack("<I", _masked_crc32c(data)))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class MetricWriter:
@@ -21,13 +70,13 @@ class MetricWriter:
     def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self.workdir = workdir
-        self._tb: dict[str, EventFileWriter] = {}
+        self._tb: dict[str, EventFile] = {}
         self._tensorboard = tensorboard and enabled
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
 
-    def _tb_writer(self, split: str) -> EventFileWriter:
+    def _tb_writer(self, split: str) -> EventFile:
         if split not in self._tb:
-            self._tb[split] = EventFileWriter(os.path.join(self.workdir, "tensorboard", split))
+            self._tb[split] = EventFile(os.path.join(self.workdir, "tensorboard", split))
         return self._tb[split]
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
@@ -41,7 +90,9 @@ class MetricWriter:
         if self._tensorboard:
             summary = Summary(value=[Summary.Value(tag=k, simple_value=float(v))
                                      for k, v in scalars.items()])
-            self._tb_writer(split).add_event(Event(wall_time=now, step=int(step), summary=summary))
+            writer = self._tb_writer(split)
+            writer.add_event(Event(wall_time=now, step=int(step), summary=summary))
+            writer.flush()
 
     def flush(self) -> None:
         for w in self._tb.values():

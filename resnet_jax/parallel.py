@@ -37,6 +37,23 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
         jax.distributed.initialize()
 
 
+def define_distributed_flags() -> None:
+    """absl flags --coordinator_address, --num_processes, --process_id (train.py, eval.py)."""
+    from absl import flags
+
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+    flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+
+
+def initialize_from_flags() -> None:
+    """initialize_distributed from the flags of define_distributed_flags (or the environment)."""
+    from absl import flags
+
+    f = flags.FLAGS
+    initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+
+
 def make_mesh(devices=None) -> Mesh:
     """A one-axis mesh over `devices` (default: all devices of all processes, in process order)."""
     devices = jax.devices() if devices is None else devices

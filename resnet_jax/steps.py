@@ -55,7 +55,8 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: flo
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, label_smoothing: float = 0.0) -> Callable:
     """train_step(state, batch) -> (state, metrics); metrics are float32 scalars:
-    loss (cross-entropy, without weight decay), top1, top5, lr, grad_norm."""
+    loss (cross-entropy, without weight decay), top1, top5, lr, grad_norm, and finite (1 when the loss,
+    the gradients and the new parameters and BatchNorm statistics are all finite, else 0)."""
 
     def loss_fn(params, batch_stats, batch):
         logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats},
@@ -73,8 +74,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             "top1": jnp.mean(_topk_correct(logits, batch["label"], 1)),
             "top5": jnp.mean(_topk_correct(logits, batch["label"], 5)),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
+        finite = [jnp.isfinite(x) for x in (loss, metrics["grad_norm"], optax.tree.norm(params),
+                                            optax.tree.norm(batch_stats))]
+        metrics["finite"] = jnp.all(jnp.stack(finite)).astype(jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
         return new_state, metrics
@@ -83,18 +87,41 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-    """eval_step(state, batch) -> sums over unmasked rows: loss, top1, top5, count (float32)."""
+    """eval_step(state, batch) -> float32 sums over the unmasked rows of the batch.
+
+    The batch holds "label" int32 [B], "mask" bool [B] and one or more image keys: "image" and/or
+    "image_<size>" (multi-scale), each [B, H, W, C] (one view per example) or [B, K, H, W, C] (K
+    views, e.g. 10 crops). The prediction is the mean of the softmax over all views of all keys; the
+    loss is the cross-entropy of that mean prediction (one view: the usual cross-entropy).
+    Sums: loss, top1, top5, count [] and, per class c, class_top1 and class_count [num_classes].
+    """
+
+    def log_probs(state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
+        """[B, V, num_classes] log-softmax of each of the V views of [B, (V,) H, W, C] images."""
+        views = images.reshape((-1,) + images.shape[-3:])
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, views,
+                             train=False)
+        return jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(
+            images.shape[:1] + (-1, logits.shape[-1]))
 
     def eval_step(state: TrainState, batch) -> dict:
-        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                             batch["image"], train=False)
-        mask = batch["mask"].astype(jnp.float32)
+        keys = sorted(k for k in batch if k == "image" or k.startswith("image_"))
+        views = jnp.concatenate([log_probs(state, batch[k]) for k in keys], axis=1)
+        # log of the mean softmax over views, computed in log space.
+        mean_log_prob = jax.nn.logsumexp(views, axis=1) - jnp.log(views.shape[1])
         labels = batch["label"]
+        num_classes = mean_log_prob.shape[-1]
+        mask = batch["mask"].astype(jnp.float32)
+        nll = -jnp.take_along_axis(mean_log_prob, labels[:, None], axis=-1)[:, 0]
+        top1 = _topk_correct(mean_log_prob, labels, 1) * mask
+        one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
         return {
-            "loss": jnp.sum(cross_entropy(logits, labels, 0.0) * mask),
-            "top1": jnp.sum(_topk_correct(logits, labels, 1) * mask),
-            "top5": jnp.sum(_topk_correct(logits, labels, 5) * mask),
+            "loss": jnp.sum(nll * mask),
+            "top1": jnp.sum(top1),
+            "top5": jnp.sum(_topk_correct(mean_log_prob, labels, 5) * mask),
             "count": jnp.sum(mask),
+            "class_top1": top1 @ one_hot,
+            "class_count": mask @ one_hot,
         }
 
     return eval_step

@@ -1,0 +1,226 @@
+"""Training: multi-device and multi-process equality, resume, preemption, NaN, bad configs, accuracy."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import data as data_lib
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.config import ConfigError, base_config, validate_config
+from resnet_jax.metric_writers import read_metrics
+from resnet_jax.training import NonFiniteLossError, train_and_evaluate
+from train_cli import (REPO, assert_trees_equal, checkpoint_steps, env_with_devices, final_state,
+                       run_train, start_train, tiny_config, train_command)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The tiny run, uninterrupted, on one device."""
+    workdir = tmp_path_factory.mktemp("reference")
+    run_train(workdir)
+    return workdir, final_state(workdir)
+
+
+def test_reference_run_writes_metrics_checkpoints_and_tensorboard(reference_run):
+    workdir, (_, step) = reference_run
+    assert step == 40
+    train = read_metrics(str(workdir), "train")
+    evals = read_metrics(str(workdir), "eval")
+    assert [r["step"] for r in train] == list(range(5, 41, 5))
+    assert [r["step"] for r in evals] == [10, 20, 30, 40]
+    assert all(r["count"] == 360 for r in evals)
+    for key in ("loss", "top1", "top5", "lr", "grad_norm", "images_per_sec",
+                "images_per_sec_per_device", "step_time"):
+        assert np.isfinite(train[-1][key]), key
+    assert train[0]["lr"] == pytest.approx(0.1) and train[-1]["lr"] == pytest.approx(0.01)
+    assert list((workdir / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert json.loads((workdir / "config.json").read_text())["schedule"]["length"] == 40
+    # The last K=3 checkpoints plus the best by eval top-1 are kept.
+    steps = checkpoint_steps(workdir)
+    assert steps[-3:] == [36, 38, 40] and len(steps) <= 4
+
+
+# A few steps at a moderate learning rate: early training amplifies float rounding (a 1e-7
+# perturbation of the initial parameters reaches 2e-4 by step 4 at lr 0.1), so equality "to float
+# tolerance" is checked where rounding stays rounding.
+FEW_STEPS = {"schedule.length": 4, "schedule.boundaries": "(2.0,)", "schedule.base_lr": 0.04,
+             "eval_every_steps": 2, "log_every_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def few_steps_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("few_steps")
+    run_train(workdir, FEW_STEPS)
+    return final_state(workdir)[0]
+
+
+def test_eight_devices_match_one_device(few_steps_run, tmp_path):
+    params, stats = few_steps_run
+    run_train(tmp_path, FEW_STEPS, devices=8)
+    (params8, stats8), step = final_state(tmp_path)  # written on 8 devices, restored on 1
+    assert step == 4
+    assert_trees_equal(params8, params, rtol=1e-4, atol=1e-5)
+    assert_trees_equal(stats8, stats, rtol=1e-4, atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(few_steps_run, tmp_path):
+    params, stats = few_steps_run
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen(
+        train_command(tmp_path, FEW_STEPS, f"--coordinator_address={address}", "--num_processes=2",
+                      f"--process_id={i}"),
+        env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "eval at step 4" in outputs[0][0] and "eval at step" not in outputs[1][0]
+    (params2, stats2), step = final_state(tmp_path)
+    assert step == 4
+    assert_trees_equal(params2, params, rtol=1e-4, atol=1e-5)
+    assert_trees_equal(stats2, stats, rtol=1e-4, atol=1e-5)
+
+
+def _wait_for_checkpoint(proc, workdir, min_step, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = checkpoint_steps(workdir)
+        if steps and steps[-1] >= min_step:
+            return steps[-1]
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_is_bitwise_equal(reference_run, tmp_path):
+    _, (reference, _) = reference_run
+    overrides = {"async_checkpointing": False}
+    proc = start_train(tmp_path, overrides)
+    _wait_for_checkpoint(proc, tmp_path, 6)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint_steps(tmp_path)[-1]
+    assert killed_at < 40, "the run finished before it was killed"
+    resumed = run_train(tmp_path, overrides)
+    assert f"Resumed from step {killed_at}" in resumed.stdout
+    assert_trees_equal(final_state(tmp_path)[0], reference)
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(reference_run, tmp_path):
+    _, (reference, _) = reference_run
+    proc = start_train(tmp_path, {"checkpoint_every_steps": 1000})
+    _wait_for_checkpoint(proc, tmp_path, 10)  # the first eval's checkpoint
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = checkpoint_steps(tmp_path)[-1]
+    assert f"Stop requested: saved step {stopped}" in out
+    assert 10 <= stopped < 40
+    run_train(tmp_path, {"checkpoint_every_steps": 1000})
+    assert_trees_equal(final_state(tmp_path)[0], reference)
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    def poisoned_digits(data_config, hosts, seed):
+        pipeline = data_lib.BUILDERS["digits"](data_config, hosts, seed)
+        clean = pipeline.train_batches
+
+        def train_batches(start_step=0):
+            for index, batch in enumerate(clean(start_step), start=start_step):
+                if index >= 6:  # the batch of step 7
+                    batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+                yield batch
+
+        pipeline.train_batches = train_batches
+        return pipeline
+
+    monkeypatch.setitem(data_lib.BUILDERS, "poisoned_digits", poisoned_digits)
+    config = tiny_config()
+    config.data.dataset = "poisoned_digits"
+    config.log_every_steps = 1
+    with pytest.raises(NonFiniteLossError, match="diverged at step 7"):
+        train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert checkpoint_steps(tmp_path)[-1] == 6
+    config.data.dataset = "digits"
+    (params, stats), step = final_state(tmp_path)
+    assert step == 6
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves((params, stats)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("global_batch_size", 100, r"global_batch_size=100 is not divisible by the 8 devices"),
+    ("schedule.name", "step", r"schedule.name='step' is not allowed; expected one of"),
+    ("optimizer.momentum", 1.5, r"optimizer.momentum=1.5 is not allowed"),
+    ("model.name", "resnet51", r"unknown model 'resnet51'; known models: .*resnet50"),
+    ("model.shortcut", "D", r"shortcut='D' is not allowed; expected one of"),
+    ("model.bn_group_size", 3, r"bn_group_size=3 must divide the per-device batch 16"),
+    ("data.dataset", "mnist", r"data.dataset='mnist' is not allowed; expected one of"),
+    ("schedule.boundaries", (10.0, 50.0), r"boundaries=\(10.0, 50.0\) must lie inside"),
+])
+def test_bad_config_is_rejected_naming_the_field(field, value, message):
+    config = base_config()
+    *parents, leaf = field.split(".")
+    target = config
+    for p in parents:
+        target = target[p]
+    target[leaf] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, device_count=8)
+
+
+def test_unknown_and_mistyped_fields_are_rejected():
+    config = base_config()
+    config.unlock()
+    config.schedule.lenght = 3
+    with pytest.raises(ConfigError, match="unknown config field 'schedule.lenght'"):
+        validate_config(config)
+    config = base_config()
+    config.unlock()
+    del config["seed"]
+    config.seed = "zero"
+    with pytest.raises(ConfigError, match="'seed'='zero' has type str; expected int"):
+        validate_config(config)
+
+
+def test_cli_rejects_bad_overrides_before_compute(tmp_path):
+    for overrides, message in [({"schedule.lenght": 3}, "lenght"),
+                               ({"global_batch_size": "many"}, "global_batch_size"),
+                               ({"global_batch_size": 100}, "not divisible by the 8 devices")]:
+        result = run_train(tmp_path / "bad", overrides, devices=8, check=False, timeout=120)
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_dry_run_prints_config_model_and_schedule(tmp_path):
+    out = run_train(tmp_path, None, "--dry_run").stdout
+    assert "Resolved config:" in out and "cifar_resnet20" in out
+    assert "stage3" in out and "269,434" in out  # ResNet-20 on 1-channel digits
+    assert "40 steps" in out and "lr 0.1" in out and "step        20 (epoch     0.91): lr 0.01" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_embedded_digits_run_reaches_97_percent(tmp_path):
+    """README's main job, in full: configs/default.py on one device."""
+    from configs.default import get_config
+
+    result = train_and_evaluate(get_config(), str(tmp_path), devices=jax.devices()[:1])
+    assert result["eval"]["count"] == 360
+    assert result["eval"]["top1"] >= 0.97, result
+    assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).latest_step() == result["step"]

@@ -1,0 +1,84 @@
+"""Helpers for tests that run train.py in subprocesses: a tiny config and final-state loading."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny run of CIFAR ResNet-20 on the embedded digits: 40 steps of batch 64.
+TINY = {
+    "global_batch_size": 64, "eval_batch_size": 64, "schedule.unit": "steps",
+    "schedule.length": 40, "schedule.boundaries": "(20.0,)", "schedule.base_lr": 0.4,
+    "log_every_steps": 5, "eval_every_steps": 10, "checkpoint_every_steps": 2,
+}
+
+
+def tiny_config():
+    """The TINY run as a ConfigDict (for in-process calls)."""
+    from resnet_jax.config import base_config
+
+    c = base_config()
+    c.global_batch_size, c.eval_batch_size = 64, 64
+    c.schedule.unit, c.schedule.length, c.schedule.boundaries = "steps", 40, (20.0,)
+    c.schedule.base_lr = 0.4
+    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 5, 10, 2
+    return c
+
+
+def train_command(workdir, overrides=None, *extra) -> list[str]:
+    args = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/default.py"),
+            "--workdir", str(workdir)]
+    args += [f"--config.{k}={v}" for k, v in {**TINY, **(overrides or {})}.items()]
+    return args + list(extra)
+
+
+def env_with_devices(devices: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def run_train(workdir, overrides=None, *extra, devices=1, timeout=300, check=True):
+    """Run train.py to completion; returns the CompletedProcess (stdout and stderr captured)."""
+    result = subprocess.run(train_command(workdir, overrides, *extra), env=env_with_devices(devices),
+                            capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def start_train(workdir, overrides=None, *extra, devices=1) -> subprocess.Popen:
+    return subprocess.Popen(train_command(workdir, overrides, *extra), env=env_with_devices(devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def final_state(workdir, step=None):
+    """(params as numpy, batch_stats, step) of a run's checkpoint, restored on one device."""
+    from resnet_jax.config import config_from_dict
+    from resnet_jax.training import restore_checkpoint
+    import json
+
+    with open(Path(workdir) / "config.json") as f:
+        config = config_from_dict(json.load(f))
+    _, state, meta = restore_checkpoint(config, str(workdir), step, devices=jax.devices()[:1])
+    return jax.tree.map(np.asarray, (state.params, state.batch_stats)), meta["step"]
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    d = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def assert_trees_equal(a, b, rtol=0.0, atol=0.0):
+    flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for (path, x), y in zip(flat_a, flat_b):
+        if rtol == 0 and atol == 0:
+            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+        else:
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
