@@ -1,18 +1,377 @@
-"""Evaluation of a train state over a whole eval split, each example counted exactly once."""
+"""Evaluation over a whole eval split, each example counted exactly once: inside the training loop
+(`evaluate`) and after the fact (`run`, behind eval.py) from a run's checkpoints or imported
+weights.
+
+Offline results go to `<out>/<name>/<key>.json` (key: the step, or `torchvision_<weights stem>`),
+to `<out>/metrics.jsonl` as records of split `<name>`, and to TensorBoard under
+`<out>/tensorboard/<name>`. `<out>` is the workdir, or beside what was evaluated: the workdir of a
+`<workdir>/checkpoints/<step>` folder, else the folder holding the step folder or weights file.
+Nothing is written inside a checkpoint.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from resnet_jax import parallel
+from resnet_jax.checkpoint import Checkpointer, DamagedCheckpointError, IncompatibleCheckpointError
+from resnet_jax.config import ConfigError, base_config, model_options
+from resnet_jax.metric_writers import MetricWriter
+
+SCALARS = ("loss", "top1", "top5", "count")
+RESERVED_NAMES = ("train", "eval")  # the training loop's own splits
 
 
-def evaluate(exp, state) -> dict[str, float]:
-    """loss, top1, top5 (fractions) and count over the whole eval split, each example once."""
+class EvalError(RuntimeError):
+    """An evaluation request cannot be carried out; the message says why and what to do."""
+
+
+def evaluate(exp, state, per_class: bool = False) -> dict[str, Any]:
+    """loss, top1, top5 (fractions) and count over the whole eval split, each example once.
+
+    With `per_class`, also "per_class_top1" (a list over classes; None for a class absent from the
+    split) and "per_class_count" (ints).
+    """
     totals = None
     for local in exp.pipeline.eval_batches():
         sums = exp.eval_step(state, parallel.global_batch(local, exp.mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
-    return {"loss": float(totals["loss"]) / count, "top1": float(totals["top1"]) / count,
-            "top5": float(totals["top5"]) / count, "count": count}
+    out = {"loss": float(totals["loss"]) / count, "top1": float(totals["top1"]) / count,
+           "top5": float(totals["top5"]) / count, "count": count}
+    if per_class:
+        out["per_class_top1"] = [float(c / n) if n else None
+                                 for c, n in zip(totals["class_top1"], totals["class_count"])]
+        out["per_class_count"] = [int(n) for n in totals["class_count"]]
+    return out
+
+
+@dataclasses.dataclass
+class Request:
+    """What to evaluate and how (the eval.py flags). Sources, one of: `workdir` (its latest
+    checkpoint, or `step`, or `all_steps`, or `watch`), `checkpoint` (a step folder), or
+    `torchvision_weights` (needs `overrides` or `config` naming the model and data)."""
+
+    workdir: Optional[str] = None
+    step: Optional[int] = None
+    all_steps: bool = False
+    watch: bool = False
+    watch_timeout: float = 3600.0
+    poll_seconds: float = 10.0
+    checkpoint: Optional[str] = None
+    torchvision_weights: Optional[str] = None
+    config: Optional[ml_collections.ConfigDict] = None  # replaces the stored config when given
+    overrides: dict = dataclasses.field(default_factory=dict)  # {"data.data_dir": value, ...}
+    per_class: bool = False
+    name: str = "eval_offline"
+    devices: Optional[list] = None
+
+
+def resolve_config(request: Request, stored: Optional[dict]) -> ml_collections.ConfigDict:
+    """`request.config` if given, else the `stored` config dict read into the schema (else the
+    schema's defaults), with `request.overrides` applied on top."""
+    if request.config is not None:
+        config = copy.deepcopy(request.config)
+    else:
+        config = base_config()
+        _read_into(config, stored or {}, "")
+    config.update_from_flattened_dict(request.overrides)
+    return config
+
+
+def _read_into(config: ml_collections.ConfigDict, stored: dict, prefix: str) -> None:
+    """Set `config`'s fields from a JSON dict (lists become the schema's tuples)."""
+    for key, value in stored.items():
+        if key not in config:
+            raise ConfigError(f"the stored config has a field {prefix + key!r} that this code's "
+                              "schema does not know; pass --config with a config file instead")
+        if isinstance(config[key], ml_collections.ConfigDict):
+            _read_into(config[key], value, f"{prefix}{key}.")
+        else:
+            config[key] = tuple(value) if isinstance(value, list) else value
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model.name": value, ...} of a nested dict."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _changed_fields(config: ml_collections.ConfigDict, stored: Optional[dict]) -> str:
+    """A sentence listing 'field=value (stored: value)' for each field differing from `stored`."""
+    if not stored:
+        return ""
+    now = _flatten(config.to_dict())
+    before = _flatten(resolve_config(Request(), stored).to_dict())
+    diffs = [f"{k}={now[k]!r} (stored: {before.get(k)!r})" for k in now if now[k] != before.get(k)]
+    if not diffs:
+        return ""
+    return f" The config differs from the one stored with it in: {', '.join(diffs)}."
+
+
+class _Session:
+    """Builds experiments (one per distinct config), evaluates and writes and prints results."""
+
+    def __init__(self, request: Request, out_dir: str):
+        self.request, self.out_dir = request, out_dir
+        self._experiments: dict[str, Any] = {}
+        self._writer: Optional[MetricWriter] = None
+        self.is_main = jax.process_index() == 0
+        self._header_printed = False
+
+    def experiment(self, config):
+        key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+        if key not in self._experiments:
+            from resnet_jax.training import build_experiment  # training imports this module
+
+            self._experiments[key] = build_experiment(config, self.request.devices)
+        return self._experiments[key]
+
+    def measure(self, exp, state) -> dict:
+        metrics = evaluate(exp, state, self.request.per_class)
+        expected = exp.pipeline.num_eval_examples
+        if metrics["count"] != expected:
+            raise EvalError(f"evaluated {metrics['count']:.0f} examples but the eval split has "
+                            f"{expected}: the input pipeline dropped or repeated examples")
+        return metrics
+
+    def report(self, key: str, step: int, source: str, config, metrics: dict, checked: str,
+               exp) -> dict:
+        """Write the result of one evaluation (JSON, metrics.jsonl, TensorBoard); print its row."""
+        record = {"step": step, "source": source, "name": self.request.name,
+                  "final_step": exp.total_steps, "devices": exp.mesh.size, "checked": checked,
+                  "time": round(time.time(), 3), "metrics": metrics, "config": config.to_dict()}
+        if self.is_main:
+            folder = os.path.join(self.out_dir, self.request.name)
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"{key}.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(record, f, indent=2, default=str)
+            os.replace(path + ".tmp", path)
+            if self._writer is None:
+                self._writer = MetricWriter(self.out_dir, tensorboard=config.tensorboard)
+            self._writer.write(step, self.request.name, {k: metrics[k] for k in SCALARS})
+            self._writer.flush()
+            self.row(f"{key:>10} {metrics['loss']:>9.4f} {100 * metrics['top1']:>7.2f}% "
+                     f"{100 * metrics['top5']:>7.2f}% {metrics['count']:>9.0f}  {checked}")
+            if self.request.per_class:
+                print(_format_per_class(metrics), flush=True)
+        return record
+
+    def row(self, line: str) -> None:
+        if not self.is_main:
+            return
+        if not self._header_printed:
+            devices = len(self.request.devices or jax.devices())
+            folder = os.path.join(self.out_dir, self.request.name)
+            print(f"Evaluating ({self.request.name}) on {devices} device(s); results in {folder}\n"
+                  f"{'step':>10} {'loss':>9} {'top-1':>8} {'top-5':>8} {'examples':>9}  checked",
+                  flush=True)
+            self._header_printed = True
+        print(line, flush=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _format_per_class(metrics: dict) -> str:
+    """A table of top-1 and example count per class."""
+    lines = [f"{'class':>10} {'top-1':>8} {'examples':>9}"]
+    for c, (acc, n) in enumerate(zip(metrics["per_class_top1"], metrics["per_class_count"])):
+        lines.append(f"{c:>10} {'-' if acc is None else f'{100 * acc:.2f}%':>8} {n:>9}")
+    return "\n".join(lines)
+
+
+def _evaluate_step(session: _Session, ckpt: Checkpointer, step: int) -> dict:
+    """Verify, restore and evaluate checkpoint `step` of `ckpt`; returns the written record."""
+    verified = ckpt.verify(step)
+    stored = ckpt.restore_meta(step).get("config")
+    config = resolve_config(session.request, stored)
+    exp = session.experiment(config)
+    try:
+        state, _ = ckpt.restore(step, jax.eval_shape(exp.init_state), verify=False)
+    except IncompatibleCheckpointError as e:
+        raise EvalError(f"{e}.{_changed_fields(config, stored)}") from None
+    metrics = session.measure(exp, state)
+    return session.report(str(step), step, ckpt.step_dir(step), config, metrics,
+                          "sha256" if verified else "restore only (no checksums)", exp)
+
+
+def _evaluate_torchvision(session: _Session) -> dict:
+    """Evaluate torchvision weights under the config the request names."""
+    from resnet_jax.convert import import_torchvision
+    from resnet_jax.steps import TrainState
+
+    request = session.request
+    config = resolve_config(request, None)
+    exp = session.experiment(config)
+    try:
+        _, variables = import_torchvision(config.model.name, request.torchvision_weights,
+                                          num_classes=exp.pipeline.num_classes,
+                                          **model_options(config))
+    except (ValueError, ImportError, OSError) as e:
+        raise EvalError(f"cannot load torchvision weights {request.torchvision_weights!r} into "
+                        f"{config.model.name!r}: {e}") from None
+    state = jax.device_put(
+        TrainState(step=np.zeros((), np.int32), params=variables["params"],
+                   batch_stats=variables["batch_stats"], opt_state=(),
+                   rng=np.zeros((2,), np.uint32)), parallel.replicated(exp.mesh))
+    key = "torchvision_" + os.path.splitext(os.path.basename(request.torchvision_weights))[0]
+    return session.report(key, 0, request.torchvision_weights, config,
+                          session.measure(exp, state), "imported", exp)
+
+
+def _open_checkpoints(request: Request) -> tuple[Checkpointer, str, Optional[int]]:
+    """(checkpointer, output folder, step of a --checkpoint folder or None) for the request."""
+    if request.checkpoint:
+        path = os.path.abspath(request.checkpoint.rstrip("/"))
+        if not os.path.isdir(path):
+            raise EvalError(f"no checkpoint at {request.checkpoint!r}")
+        parent, name = os.path.split(path)
+        if not name.isdigit():
+            raise EvalError(f"{request.checkpoint!r} is not a checkpoint step folder: expected "
+                            "<directory>/<step> as training writes it, holding state/ and meta/")
+        inside_workdir = os.path.basename(parent) == "checkpoints"
+        out = request.workdir or (os.path.dirname(parent) if inside_workdir else parent)
+        return Checkpointer(parent, read_only=True), out, int(name)
+    if not request.workdir:
+        raise EvalError("give --workdir (a training run's folder), --checkpoint or "
+                        "--torchvision_weights")
+    if not os.path.isdir(request.workdir):
+        raise EvalError(f"no workdir {request.workdir!r}: the folder does not exist")
+    directory = os.path.join(request.workdir, "checkpoints")
+    if not request.watch and not os.path.isdir(directory):
+        raise EvalError(f"no checkpoint in {request.workdir!r}: it has no checkpoints/ folder "
+                        "(has training saved one yet?)")
+    return Checkpointer(directory, read_only=True), request.workdir, None
+
+
+def _check_request(request: Request) -> None:
+    chosen = [flag for flag, given in (
+        ("--step", request.step is not None), ("--all", request.all_steps),
+        ("--watch", request.watch), ("--checkpoint", bool(request.checkpoint)),
+        ("--torchvision_weights", bool(request.torchvision_weights))) if given]
+    if len(chosen) > 1:
+        raise EvalError(f"{' and '.join(chosen)} exclude each other; choose one")
+    if request.name in RESERVED_NAMES or not request.name.isidentifier():
+        raise EvalError(f"--name={request.name!r} must be an identifier other than "
+                        f"{' and '.join(RESERVED_NAMES)} (the training loop's splits)")
+
+
+def run(request: Request) -> list[dict]:
+    """Carry out an evaluation request; returns the records written (one per evaluation).
+
+    Raises EvalError for anything the user must fix: no workdir, no checkpoint, a damaged checkpoint
+    (naming the file; for a damaged latest, offering the previous step), a config that does not fit
+    the saved parameters (naming the first array and both shapes), an invalid config.
+    """
+    _check_request(request)
+    ckpt = step = None
+    if request.torchvision_weights:
+        out = request.workdir or os.path.dirname(os.path.abspath(request.torchvision_weights))
+    else:
+        ckpt, out, step = _open_checkpoints(request)
+    session = _Session(request, out)
+    try:
+        if ckpt is None:
+            return [_evaluate_torchvision(session)]
+        if request.watch:
+            return _watch(session, ckpt)
+        return _evaluate_kept(session, ckpt, step)
+    except (ConfigError, DamagedCheckpointError, IncompatibleCheckpointError) as e:
+        raise EvalError(str(e)) from e
+    finally:
+        session.close()
+        if ckpt is not None:
+            ckpt.close()
+
+
+def _evaluate_or_flag(session: _Session, ckpt: Checkpointer, step: int,
+                      damaged: list[int]) -> Optional[dict]:
+    """The record of checkpoint `step`; None (with a row saying why) when it is damaged (then
+    appended to `damaged`) or was deleted by the run's retention policy while being read."""
+    try:
+        return _evaluate_step(session, ckpt, step)
+    except DamagedCheckpointError as e:
+        ckpt.reload()
+        if step in ckpt.all_steps():
+            damaged.append(step)
+            session.row(f"{step:>10} DAMAGED: {e.path}: {e.reason}")
+        else:
+            session.row(f"{step:>10} skipped: deleted by the run's retention policy before it "
+                        "could be evaluated")
+        return None
+
+
+def _raise_if_damaged(damaged: list[int]) -> None:
+    if damaged:
+        raise EvalError(f"checkpoint steps {damaged} are damaged (see above); the others were "
+                        "evaluated and written")
+
+
+def _evaluate_kept(session: _Session, ckpt: Checkpointer, step: Optional[int]) -> list[dict]:
+    """The latest checkpoint, or the requested step, or every kept step (--all)."""
+    request, steps = session.request, ckpt.all_steps()
+    if not steps:
+        raise EvalError(f"no checkpoint in {ckpt.directory!r} (has training saved one yet?)")
+    chosen = request.step if request.step is not None else step
+    if chosen is not None and chosen not in steps:
+        raise EvalError(f"no checkpoint step {chosen} in {ckpt.directory!r}; kept steps: {steps}")
+    if not request.all_steps:
+        try:
+            return [_evaluate_step(session, ckpt, steps[-1] if chosen is None else chosen)]
+        except DamagedCheckpointError as e:
+            if chosen is not None:
+                raise
+            earlier = steps[:-1]
+            offer = (f" The previous checkpoint is step {earlier[-1]}: evaluate it with "
+                     f"--step={earlier[-1]}." if earlier else " There is no earlier checkpoint.")
+            raise EvalError(f"the latest {e}.{offer}") from e
+    damaged: list[int] = []
+    records = [_evaluate_or_flag(session, ckpt, s, damaged) for s in steps]
+    _raise_if_damaged(damaged)
+    return [r for r in records if r is not None]
+
+
+def _watch(session: _Session, ckpt: Checkpointer) -> list[dict]:
+    """Evaluate each checkpoint as it appears, in step order, until the final step (the schedule's
+    length) is done or `watch_timeout` seconds pass without a new one."""
+    request = session.request
+    records, damaged, last = [], [], -1
+    deadline = time.monotonic() + request.watch_timeout
+    if session.is_main:
+        print(f"Watching {ckpt.directory} for checkpoints (stops after the final step, or after "
+              f"{request.watch_timeout:g} s without a new one)", flush=True)
+    while True:
+        ckpt.reload()
+        for step in [s for s in ckpt.all_steps() if s > last]:
+            last = step
+            record = _evaluate_or_flag(session, ckpt, step, damaged)
+            if record:
+                records.append(record)
+            deadline = time.monotonic() + request.watch_timeout
+        if records and last >= records[-1]["final_step"]:
+            break
+        if time.monotonic() >= deadline:
+            if session.is_main:
+                print(f"No new checkpoint for {request.watch_timeout:g} s; stopped after step "
+                      f"{last if last >= 0 else 'none'}.", flush=True)
+            break
+        time.sleep(request.poll_seconds)
+    _raise_if_damaged(damaged)
+    return records

@@ -1,0 +1,63 @@
+"""Evaluate a run's checkpoint: python eval.py --workdir DIR [--step N | --all | --watch]
+[--config.field=value ...]
+
+Model and data settings come from the config stored with the checkpoint; --config.<field>=<value>
+overrides any field (e.g. --config.data.data_dir=... --config.eval_batch_size=...), and
+--config FILE replaces the stored config. Other sources: --checkpoint <step folder>, or
+--torchvision_weights FILE with --config.model.name=... and the data fields. Results:
+<workdir>/<name>/<step>.json, metrics.jsonl records of split <name>, TensorBoard under
+<workdir>/tensorboard/<name>, and a table on stdout.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax import parallel
+
+config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
+    "Config file replacing the stored config, used only when given (the default just defines "
+    "the fields); --config.<field>=<value> overrides a field of either.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Training run folder to evaluate; results are written here "
+                    "(with --checkpoint or --torchvision_weights too, when given).")
+flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the latest).")
+flags.DEFINE_bool("all", False, "Evaluate every kept checkpoint (the curve after the fact).")
+flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint as training writes it; stops after "
+                  "the final step or --watch_timeout seconds without a new checkpoint.")
+flags.DEFINE_float("watch_timeout", 3600.0,
+                   "Seconds without a new checkpoint before --watch stops.")
+flags.DEFINE_float("poll_seconds", 10.0, "How often --watch looks for new checkpoints.")
+flags.DEFINE_string("checkpoint", None,
+                    "A checkpoint step folder (<dir>/<step>) outside a workdir.")
+flags.DEFINE_string("torchvision_weights", None, "torchvision state dict (.safetensors/.pth) to "
+                    "evaluate; name the model with --config.model.name.")
+flags.DEFINE_bool("per_class", False, "Also report top-1 accuracy per class.")
+flags.DEFINE_string("name", "eval_offline", "Split name of the results (JSON folder, TensorBoard).")
+parallel.define_distributed_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only manager.
+    parallel.initialize_from_flags()
+    from resnet_jax import evaluation
+
+    request = evaluation.Request(
+        workdir=FLAGS.workdir, step=FLAGS.step, all_steps=FLAGS.all, watch=FLAGS.watch,
+        watch_timeout=FLAGS.watch_timeout, poll_seconds=FLAGS.poll_seconds,
+        checkpoint=FLAGS.checkpoint, torchvision_weights=FLAGS.torchvision_weights,
+        config=FLAGS.config if FLAGS["config"].present else None,
+        overrides=FLAGS["config"].override_values, per_class=FLAGS.per_class, name=FLAGS.name)
+    try:
+        evaluation.run(request)
+    except evaluation.EvalError as e:
+        raise SystemExit(f"eval.py: error: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)
