@@ -1,0 +1,340 @@
+"""Train- and eval-step throughput of a registered model, on synthetic data held by the devices.
+
+    python -m resnet_jax.benchmark --model resnet50 --batch_size 256 --image_size 224 \
+        --dtype bfloat16 --steps 50 --warmup 5 --json bench.json
+
+The steps measured are training's own: `training.build_experiment` builds the mesh, the jitted
+train step (state donated) and eval step with their shardings, from a config whose only changes from
+`base_config()` are the model, batch, image size, dtype and BatchNorm grouping given here. The batch
+is generated once on the devices, float32 images sharded on the mesh's batch axis as training's
+batches are, and reused every step, so no host input cost is measured.
+
+Timing: each step function is compiled ahead of time (`compile_s` = lower + compile), run `warmup`
+times, then `steps` times split into `windows` consecutive windows. Steps are dispatched without
+waiting; each window ends with one `block_until_ready` on every output of its steps, so a window's
+wall time covers the device work of its steps. The spread is over the windows' per-step times;
+`dispatch_time_mean_s` is the host's share before the wait (near the step time: host-bound).
+Peak memory is the devices' `peak_bytes_in_use` where the backend reports it (GPU, TPU), else the
+peak resident memory of this process (CPU); both count since the process started, so in a sweep they
+are the peak so far. MFU = model FLOPs per second per device (6 x forward MACs per image for a train
+step, 2 x for eval) over the device's dense bfloat16 peak (training.PEAK_FLOPS), whatever the dtype.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from functools import partial
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import parallel, training
+from resnet_jax.config import base_config
+from resnet_jax.models.registry import DTYPES, get_spec
+from resnet_jax.models.summary import count_params, flops_per_example
+
+MODES = ("train", "eval", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to measure. batch_sizes are global (split over the devices), one run per entry."""
+
+    model: str
+    batch_sizes: tuple[int, ...] = (128,)
+    image_size: Optional[int] = None  # default: 224 for ImageNet models, 32 for CIFAR models
+    dtype: str = "float32"
+    mode: str = "both"
+    steps: int = 20
+    warmup: int = 3
+    windows: int = 5
+    devices: Optional[int] = None  # the first N local devices; default all
+    bn_group_size: Optional[int] = None
+    num_classes: Optional[int] = None  # default: the model's own (1000 ImageNet, 10 CIFAR)
+    seed: int = 0
+
+
+def validate(opts: Options, available_devices: int) -> None:
+    """Raise ValueError naming the first bad option, before anything is built or compiled.
+
+    Touches no device: `available_devices` is the number of devices the run could use."""
+    get_spec(opts.model)
+    if opts.dtype not in DTYPES:
+        raise ValueError(f"--dtype {opts.dtype!r} is not allowed; expected one of {sorted(DTYPES)}")
+    if opts.mode not in MODES:
+        raise ValueError(f"--mode {opts.mode!r} is not allowed; expected one of {MODES}")
+    for name in ("steps", "windows", "image_size", "num_classes", "devices", "bn_group_size"):
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} {value} is not allowed; expected a positive int")
+    if opts.warmup < 0:
+        raise ValueError(f"--warmup {opts.warmup} is not allowed; expected an int >= 0")
+    count = opts.devices or available_devices
+    if count > available_devices:
+        raise ValueError(f"--devices {count} asks for more than the {available_devices} local "
+                         f"device(s) (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                         f"gives N)")
+    if not opts.batch_sizes:
+        raise ValueError("--batch_size needs at least one size")
+    for batch in opts.batch_sizes:
+        if batch < 1 or batch % count:
+            raise ValueError(f"--batch_size {batch} is not a positive multiple of the {count} "
+                             f"device(s); the batch is global and split evenly over them")
+        if opts.bn_group_size and (batch // count) % opts.bn_group_size:
+            raise ValueError(f"--bn_group_size {opts.bn_group_size} does not divide the per-device "
+                             f"batch {batch // count} (--batch_size {batch} over {count} "
+                             f"device(s))")
+
+
+def resolved(opts: Options) -> Options:
+    """`opts` with the model's default image size and class count filled in."""
+    spec = get_spec(opts.model)
+    return dataclasses.replace(
+        opts, image_size=opts.image_size or (224 if spec.stem == "imagenet" else 32),
+        num_classes=opts.num_classes or spec.num_classes)
+
+
+def experiment_config(opts: Options, batch_size: int):
+    """base_config() on the synthetic dataset with this model, batch, image size and dtype."""
+    c = base_config()
+    c.seed = opts.seed
+    c.model.name = opts.model
+    c.model.dtype = opts.dtype
+    c.model.bn_group_size = opts.bn_group_size
+    c.global_batch_size = c.eval_batch_size = batch_size
+    c.data.dataset = "synthetic"
+    c.data.image_size = opts.image_size
+    c.data.num_classes = opts.num_classes
+    c.data.num_train_examples = batch_size  # the host arrays are never read by the benchmark
+    c.data.num_eval_examples = 1
+    return c
+
+
+def synthetic_batch(mesh: jax.sharding.Mesh, batch_size: int, image_shape: tuple[int, ...],
+                    num_classes: int, seed: int) -> dict[str, jax.Array]:
+    """image float32 [B, H, W, C] standard normal, label int32 [B] uniform, mask bool [B] all True;
+    generated on the devices and sharded on the batch axis like training's batches."""
+
+    def make(key):
+        image_key, label_key = jax.random.split(key)
+        return {"image": jax.random.normal(image_key, (batch_size,) + tuple(image_shape)),
+                "label": jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32),
+                "mask": jnp.ones((batch_size,), jnp.bool_)}
+
+    return jax.jit(make, out_shardings=parallel.batch_sharded(mesh))(jax.random.key(seed))
+
+
+class Window(NamedTuple):
+    """A timed window: its step count, its wall time up to the wait, and the part of that time the
+    host spent dispatching (before the wait). Dispatch close to the whole means host-bound."""
+
+    steps: int
+    seconds: float
+    dispatch_seconds: float
+
+
+def time_windows(step: Callable[[], Any], steps: int, windows: int,
+                 wait: Callable[[list], Any] = jax.block_until_ready) -> list[Window]:
+    """Call `step` `steps` times in min(windows, steps) near-equal windows; each window is timed up
+    to `wait` on the list of its calls' outputs."""
+    windows = min(windows, steps)
+    sizes = [steps // windows + (i < steps % windows) for i in range(windows)]
+    timed = []
+    for n in sizes:
+        start = time.perf_counter()
+        outputs = [step() for _ in range(n)]
+        dispatched = time.perf_counter()
+        wait(outputs)
+        end = time.perf_counter()
+        timed.append(Window(n, end - start, dispatched - start))
+    return timed
+
+
+def peak_memory(devices) -> tuple[int, str]:
+    """(bytes, what they are): the largest device peak_bytes_in_use, else this process's peak RSS
+    (Linux reports ru_maxrss in KiB)."""
+    stats = [d.memory_stats() or {} for d in devices]
+    if all("peak_bytes_in_use" in s for s in stats):
+        return (max(s["peak_bytes_in_use"] for s in stats),
+                "device peak_bytes_in_use (max over devices)")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def result_row(mode: str, params: int, global_batch: int, devices: int, device_kind: str,
+               flops: float, compile_s: float, timed: list[Window],
+               memory: tuple[int, str]) -> dict[str, Any]:
+    """One result: `mode`'s figures at one global batch from its timed windows."""
+    per_step = np.array([w.seconds / w.steps for w in timed])
+    steps = sum(w.steps for w in timed)
+    images = global_batch * steps / sum(w.seconds for w in timed)
+    peak = training.peak_flops(device_kind)
+    return {
+        "mode": mode, "params": params, "devices": devices, "global_batch": global_batch,
+        "per_device_batch": global_batch // devices, "flops_per_image": flops,
+        "compile_s": compile_s, "windows": len(timed), "step_time_mean_s": global_batch / images,
+        "step_time_std_s": float(per_step.std()), "step_time_min_s": float(per_step.min()),
+        "step_time_max_s": float(per_step.max()),
+        "dispatch_time_mean_s": sum(w.dispatch_seconds for w in timed) / steps,
+        "images_per_sec": images,
+        "images_per_sec_per_device": images / devices,
+        "mfu": images / devices * flops / peak if peak else None,
+        "peak_memory_bytes": memory[0], "peak_memory_kind": memory[1],
+    }
+
+
+class _TrainSteps:
+    """One call = one compiled train step on the state it holds (donated, then replaced); returns
+    that step's metrics, which are never donated and so can be waited on."""
+
+    def __init__(self, compiled, state, batch):
+        self.compiled, self.state, self.batch = compiled, state, batch
+
+    def __call__(self) -> dict[str, jax.Array]:
+        self.state, metrics = self.compiled(self.state, self.batch)
+        return metrics
+
+
+def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[str, Any]]:
+    """Result rows (train, then eval, as opts.mode asks) for one global batch size on `devices`;
+    `opts` must be resolved()."""
+    exp = training.build_experiment(experiment_config(opts, batch_size), devices)
+    state = exp.create_state()
+    batch = synthetic_batch(exp.mesh, batch_size, exp.pipeline.image_shape, opts.num_classes,
+                            opts.seed)
+    flops = dict(zip(("eval", "train"), flops_per_example(opts.model, opts.image_size,
+                                                          num_classes=opts.num_classes)))
+    params = count_params(state.params)
+    rows = []
+    for mode in ("train", "eval") if opts.mode == "both" else (opts.mode,):
+        print(f"[benchmark] {opts.model} batch {batch_size}: {mode} step", file=sys.stderr,
+              flush=True)
+        start = time.perf_counter()
+        if mode == "train":
+            train_batch = {"image": batch["image"], "label": batch["label"]}
+            compiled = exp.train_step.lower(state, train_batch).compile()
+            step = _TrainSteps(compiled, state, train_batch)
+        else:
+            compiled = exp.eval_step.lower(state, batch).compile()
+            step = partial(compiled, state, batch)
+        compile_s = time.perf_counter() - start
+        jax.block_until_ready([step() for _ in range(opts.warmup)])
+        timed = time_windows(step, opts.steps, opts.windows)
+        if mode == "train":
+            state = step.state
+        row = result_row(mode, params, batch_size, exp.mesh.size, devices[0].device_kind,
+                         flops[mode], compile_s, timed, peak_memory(devices))
+        row["xla_temp_bytes_per_device"] = getattr(compiled.memory_analysis(),
+                                                   "temp_size_in_bytes", None)
+        rows.append(row)
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    """The host, the accelerator and the library versions a result was measured with."""
+    cpu = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), "")
+    device = jax.local_devices()[0]
+    return {"cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(),
+            "os": platform.platform(), "python": platform.python_version(),
+            "jax": jax.__version__, "flax": flax.__version__, "backend": device.platform,
+            "device_kind": device.device_kind, "local_devices": jax.local_device_count(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """Validate, then measure every batch size: {"options", "machine", "results": [row, ...]}."""
+    validate(opts, jax.local_device_count())
+    if jax.process_count() > 1:
+        raise ValueError("the benchmark runs in one process; start it without a multi-host cluster")
+    opts = resolved(opts)
+    devices = jax.local_devices()[:opts.devices or None]
+    results = [row for batch in opts.batch_sizes for row in benchmark_batch(opts, batch, devices)]
+    return {"options": dataclasses.asdict(opts), "machine": machine(), "results": results}
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A header naming model, input, dtype and devices, then one line per result row."""
+    o, m, rows = report["options"], report["machine"], report["results"]
+    lines = [f"{o['model']} ({rows[0]['params']:,} params) at {o['image_size']}x{o['image_size']}, "
+             f"{o['dtype']}, {rows[0]['devices']} x {m['device_kind']} ({m['backend']}); "
+             f"synthetic on-device data; {o['steps']} timed steps in {rows[0]['windows']} windows "
+             f"after {o['warmup']} warm-up; memory = {rows[0]['peak_memory_kind']}",
+             f"{'mode':<6}{'batch':>7}{'/dev':>6}{'compile s':>11}{'ms/step':>11}{'+-':>8}"
+             f"{'dispatch':>10}{'img/s':>11}{'img/s/dev':>11}{'MFU':>7}{'peak mem':>12}"]
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        lines.append(f"{r['mode']:<6}{r['global_batch']:>7}{r['per_device_batch']:>6}"
+                     f"{r['compile_s']:>11.2f}{1e3 * r['step_time_mean_s']:>11.2f}"
+                     f"{1e3 * r['step_time_std_s']:>8.2f}{1e3 * r['dispatch_time_mean_s']:>10.2f}"
+                     f"{r['images_per_sec']:>11,.1f}"
+                     f"{r['images_per_sec_per_device']:>11,.1f}{mfu:>7}"
+                     f"{_bytes(r['peak_memory_bytes']):>12}")
+    return "\n".join(lines)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected ints separated by commas, got {text!r}") from None
+
+
+def parse_args(argv=None) -> tuple[Options, Optional[str]]:
+    """Command-line flags -> (Options, the --json path or None)."""
+    parser = argparse.ArgumentParser(prog="python -m resnet_jax.benchmark",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a registered name, e.g. resnet50")
+    parser.add_argument("--batch_size", type=_int_list, default=(128,),
+                        help="global batch size(s), comma-separated to sweep: 64,128 (default 128)")
+    parser.add_argument("--image_size", type=int, help="default 224 (ImageNet models), 32 (CIFAR)")
+    parser.add_argument("--dtype", default="float32", help=f"one of {sorted(DTYPES)}")
+    parser.add_argument("--mode", default="both", help=f"one of {MODES} (default both)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    parser.add_argument("--windows", type=int, default=5,
+                        help="timed windows, each ended by block_until_ready (default 5)")
+    parser.add_argument("--devices", type=int, help="use the first N local devices (default all)")
+    parser.add_argument("--bn_group_size", type=int, help="examples per BatchNorm group")
+    parser.add_argument("--num_classes", type=int, help="default: the model's own")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = vars(parser.parse_args(argv))
+    path = args.pop("json")
+    return Options(batch_sizes=args.pop("batch_size"), **args), path
+
+
+def report(result: dict[str, Any], json_path: Optional[str]) -> None:
+    """Print `result` as a table; also write it to `json_path` when given."""
+    print(format_table(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def main(argv=None) -> None:
+    opts, json_path = parse_args(argv)
+    try:
+        validate(opts, jax.local_device_count())
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    report(run(opts), json_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The benchmark command: its JSON on a tiny model (as a function and as a CLI), its timing windows,
+and the messages of bad arguments. No test asserts a time."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resnet_jax import benchmark, torch_reference
+from resnet_jax.models.summary import summarize
+
+CIFAR_RESNET20_PARAMS = 269_722  # REFERENCE.md, option A, 10 classes
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_row(row: dict, mode: str, batch: int, devices: int, image_size: int) -> None:
+    macs = summarize("cifar_resnet20", image_size).macs
+    assert row["mode"] == mode
+    assert row["params"] == CIFAR_RESNET20_PARAMS
+    assert (row["devices"], row["global_batch"]) == (devices, batch)
+    assert row["per_device_batch"] == batch // devices
+    assert row["flops_per_image"] == (6 if mode == "train" else 2) * macs
+    assert row["compile_s"] > 0
+    assert row["windows"] >= 1
+    assert 0 < row["step_time_min_s"] <= row["step_time_mean_s"] <= row["step_time_max_s"]
+    assert row["step_time_std_s"] >= 0
+    assert 0 < row["dispatch_time_mean_s"] <= row["step_time_mean_s"]
+    assert row["images_per_sec"] > 0 and math.isfinite(row["images_per_sec"])
+    assert row["images_per_sec_per_device"] == pytest.approx(row["images_per_sec"] / devices)
+    assert row["images_per_sec"] == pytest.approx(batch / row["step_time_mean_s"])
+    assert row["mfu"] is None or 0 < row["mfu"] < 1
+    assert row["peak_memory_bytes"] > 0
+    assert row["peak_memory_kind"] in ("process peak RSS",
+                                       "device peak_bytes_in_use (max over devices)")
+    assert row["xla_temp_bytes_per_device"] is None or row["xla_temp_bytes_per_device"] >= 0
+
+
+def test_run_reports_train_and_eval_rows():
+    opts = benchmark.Options(model="cifar_resnet20", batch_sizes=(8,), image_size=8, steps=2,
+                             warmup=1, windows=2)
+    report = benchmark.run(opts)
+    assert [r["mode"] for r in report["results"]] == ["train", "eval"]
+    for row in report["results"]:
+        check_row(row, row["mode"], 8, report["machine"]["local_devices"], 8)
+    assert report["options"]["num_classes"] == 10
+    assert report["machine"]["cpu_count"] >= 1
+    json.dumps(report)
+    assert "cifar_resnet20 (269,722 params) at 8x8" in benchmark.format_table(report)
+
+
+def test_cli_sweeps_batch_sizes_over_two_devices_and_writes_json(tmp_path):
+    path = tmp_path / "bench.json"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet_jax.benchmark", "--model", "cifar_resnet20",
+         "--batch_size", "4,8", "--image_size", "8", "--steps", "2", "--warmup", "1",
+         "--mode", "eval", "--json", str(path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "img/s/dev" in proc.stdout
+    report = json.loads(path.read_text())
+    assert report["options"]["batch_sizes"] == [4, 8]
+    assert report["machine"]["local_devices"] == 2
+    for row, batch in zip(report["results"], (4, 8), strict=True):
+        check_row(row, "eval", batch, 2, 8)
+
+
+def test_time_windows_splits_steps_and_waits_once_per_window():
+    calls, waits = [], []
+    timed = benchmark.time_windows(lambda: calls.append(1) or len(calls), steps=7, windows=3,
+                                   wait=waits.append)
+    assert [w.steps for w in timed] == [3, 2, 2]
+    assert waits == [[1, 2, 3], [4, 5], [6, 7]]
+    assert all(0 <= w.dispatch_seconds <= w.seconds for w in timed)
+    assert [w.steps for w in benchmark.time_windows(lambda: 0, steps=2, windows=5)] == [1, 1]
+
+
+@pytest.mark.parametrize("changes, devices, message", [
+    ({"model": "resnet51"}, 1, "unknown model 'resnet51'"),
+    ({"batch_sizes": (6,)}, 4, "--batch_size 6 is not a positive multiple of the 4 device(s)"),
+    ({"batch_sizes": (8, 12)}, 8, "--batch_size 12 is not a positive multiple of the 8 device(s)"),
+    ({"devices": 2}, 1, "--devices 2 asks for more than the 1 local device(s)"),
+    ({"batch_sizes": (16,), "bn_group_size": 3}, 2,
+     "--bn_group_size 3 does not divide the per-device batch 8"),
+    ({"dtype": "float16"}, 1, "--dtype 'float16' is not allowed"),
+    ({"mode": "infer"}, 1, "--mode 'infer' is not allowed"),
+    ({"steps": 0}, 1, "--steps 0 is not allowed"),
+    ({"warmup": -1}, 1, "--warmup -1 is not allowed"),
+])
+def test_bad_arguments_are_named(changes, devices, message):
+    fields = {"model": "cifar_resnet20", "batch_sizes": (8,), **changes}
+    with pytest.raises(ValueError) as e:
+        benchmark.validate(benchmark.Options(**fields), available_devices=devices)
+    assert message in str(e.value)
+
+
+def test_cli_bad_argument_exits_with_its_message_before_compute():
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--model", "resnet51", "--batch_size", "8"])
+    assert "error: unknown model 'resnet51'" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--model", "resnet50", "--batch_size", "8,x"])
+    assert e.value.code == 2
+
+
+def test_torch_reference_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="no torchvision counterpart"):
+        torch_reference.validate(benchmark.Options(model="cifar_resnet20"))
+    with pytest.raises(ValueError, match="one GPU"):
+        torch_reference.validate(benchmark.Options(model="resnet50", devices=2))
