@@ -1,0 +1,30 @@
+"""ImageNet ResNet-18/34/50/101/152 with the paper's recipe (He et al. 2015, section 3.4).
+
+    python train.py --config configs/imagenet.py:resnet50 --workdir runs/imagenet_r50
+    python eval.py --workdir runs/imagenet_r50 --config.data.eval_crop=ten_crop  # paper Table 3
+
+Recipe: batch 256, SGD momentum 0.9, lr 0.1 per 256 images, weight decay 1e-4, 90 epochs. The paper
+divides the lr by 10 "when the error plateaus"; that became the usual fixed /10 at epochs 30 and 60
+(torchvision's reference; some runs add /10 at 80). Option B shortcuts, BN over groups of 32 images
+(the paper's 8 GPUs x 32), scale augmentation "paper_imagenet" (no colour augmentation); centre crop
+during training, 10-crop with the eval.py command above.
+Bottleneck models are v1.5 (stride on the 3x3), as torchvision; --config.model.variant=v1 gives the
+paper's own. Needs imagenet2012 prepared (python -m resnet_jax.data.prepare --dataset imagenet2012).
+
+Expected top-1 error, 10-crop (paper Table 3, its own longer schedule): ResNet-50 22.85 %,
+ResNet-101 21.75 %, ResNet-152 21.43 %; single centre crop, torchvision's v1 weights with this
+schedule: ResNet-50 76.13 % top-1 (torchvision docs).
+Expected time (estimate, not measured): ResNet-50, 90 epochs = 115M images; at the mixed-precision
+2,400 img/s of one A100 (NVIDIA DLE) that is 13 hours; this config computes in float32 (TF32 on
+A100/H100), so expect roughly twice that, or --config.model.dtype=bfloat16. ResNet-18/34/101/152
+scale with their MACs (1.8/3.6/7.6/11.3 G against 3.8 G).
+"""
+
+from resnet_jax.experiments.recipes import choose, paper_imagenet
+
+MODELS = ("resnet50", "resnet18", "resnet34", "resnet101", "resnet152")
+
+
+def get_config(arg=None):
+    (model,) = choose(arg, [MODELS], [MODELS[0]], "configs/imagenet.py")
+    return paper_imagenet(model)

@@ -1,0 +1,72 @@
+"""Training and test error against iterations, as the paper's Figures 1 and 6.
+
+    python -m resnet_jax.experiments.plot --workdirs runs/a runs/b --out docs/x.png
+
+For each workdir, reads <workdir>/metrics.jsonl: training error = 1 - top1 of the "train" records
+(the mean over each log window's batches, in training mode), test error = 1 - top1 of the "eval"
+records; both in percent against the step. Thin line: training error; bold line: test error; one
+colour per run. Writes a PNG with matplotlib's Agg backend.
+"""
+
+import argparse
+import os
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from resnet_jax.metric_writers import read_metrics  # noqa: E402
+
+
+def error_curve(workdir: str, split: str) -> tuple[list[int], list[float]]:
+    """(steps, error in percent) of `split` ("train" or "eval") records of `workdir`."""
+    records = read_metrics(workdir, split)
+    return [r["step"] for r in records], [100.0 * (1.0 - r["top1"]) for r in records]
+
+
+def plot_error_curves(workdirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None,
+                      title: Optional[str] = None) -> str:
+    """Draw every run's training (thin) and test (bold) error in one axes; save to `out`."""
+    labels = list(labels) if labels else [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    if len(labels) != len(workdirs):
+        raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, (workdir, label) in enumerate(zip(workdirs, labels)):
+        color = f"C{i}"
+        ax.plot(*error_curve(workdir, "train"), color=color, linewidth=0.8, label=f"{label} train")
+        steps, error = error_curve(workdir, "eval")
+        if steps:
+            ax.plot(steps, error, color=color, linewidth=2.2, label=f"{label} test")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("error (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str) -> str:
+    """Write `fig` to the PNG `out` (creating its folder), close it, and return `out`."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdirs", nargs="+", required=True)
+    parser.add_argument("--out", required=True, help="PNG path")
+    parser.add_argument("--labels", nargs="+", help="one per workdir (default: directory names)")
+    parser.add_argument("--title")
+    args = parser.parse_args(argv)
+    print(plot_error_curves(args.workdirs, args.out, args.labels, args.title))
+
+
+if __name__ == "__main__":
+    main()

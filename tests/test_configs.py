@@ -1,0 +1,128 @@
+"""Every experiment config in configs/ (every file, every argument) loads, validates and builds its
+model abstractly; the small ones train a few steps."""
+
+import functools
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from resnet_jax import data as data_lib
+from resnet_jax.config import model_options, validate_config
+from resnet_jax.models import create_model
+from resnet_jax.models.summary import count_params, trace_model
+from resnet_jax.training import train_and_evaluate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10}
+
+# Trainable parameters (REFERENCE.md): CIFAR option A and torchvision's ImageNet models.
+REFERENCE_PARAMS = {
+    "cifar_resnet20": 269_722, "cifar_resnet32": 464_154, "cifar_resnet44": 658_586,
+    "cifar_resnet56": 853_018, "cifar_resnet110": 1_727_962, "cifar_resnet1202": 19_421_274,
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808,
+}
+
+
+def load(file: str):
+    spec = importlib.util.spec_from_file_location(f"configs_{Path(file).stem}", CONFIGS / file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def arguments(file: str) -> list:
+    """Every argument `file` accepts (None: the file takes none or has a default)."""
+    module = load(file)
+    if file == "cifar_preact.py":
+        return [f"{m},{d}" for m in module.MODELS for d in module.DATASETS]
+    return list(getattr(module, "MODELS", [None]))
+
+
+ALL = [(f.name, arg) for f in sorted(CONFIGS.glob("*.py")) for arg in arguments(f.name)]
+
+
+@functools.lru_cache(maxsize=None)
+def traced(name: str, options: tuple, classes: int, size: int, channels: int):
+    """(parameter count, head output shape) of a model, traced abstractly once per architecture
+    (dtype does not change shapes, so configs differing only in dtype share a trace)."""
+    model = create_model(name, num_classes=classes, **dict(options))
+    variables, _, shapes = trace_model(model, size, channels)
+    return count_params(variables["params"]), shapes["head"]
+
+
+@pytest.fixture
+def no_dataset_check(monkeypatch):
+    """Validate every data field but the presence of prepared files (cifar10, imagenet2012)."""
+    monkeypatch.setattr(data_lib, "check_dataset", lambda data_config: None)
+
+
+@pytest.mark.parametrize("file,arg", ALL, ids=[f"{f}:{a}" for f, a in ALL])
+def test_config_validates_and_builds(file, arg, no_dataset_check):
+    module = load(file)
+    config = module.get_config(arg) if arg else module.get_config()
+    for devices in (1, 8):
+        validate_config(config, device_count=devices)
+    c = config.data
+    classes = c.num_classes if c.dataset == "synthetic" else NUM_CLASSES[c.dataset]
+    size, channels = (8, 1) if c.dataset == "digits" else (c.image_size, c.channels)
+    options = tuple(sorted((k, v) for k, v in model_options(config).items() if k != "dtype"))
+    params, head = traced(config.model.name, options, classes, size, channels)
+    assert head == (classes,)
+    expected = REFERENCE_PARAMS.get(config.model.name)
+    if expected and classes in (10, 1000) and channels == 3:
+        assert params == expected
+
+
+def test_recipes_match_the_papers():
+    r56, r110 = load("cifar.py").get_config("resnet56"), load("cifar.py").get_config("resnet110")
+    assert (r56.global_batch_size, r56.schedule.base_lr, r56.schedule.length) == (128, 0.1, 64000)
+    assert r56.schedule.boundaries == (32000.0, 48000.0) and r56.schedule.warmup == 0
+    assert (r110.schedule.warmup, r110.schedule.warmup_mode) == (400.0, "constant")
+    assert math.isclose(r110.schedule.base_lr * r110.schedule.warmup_factor, 0.01)
+    assert load("cifar.py").get_config("plain56").model.name == "cifar_plain56"
+    r50 = load("imagenet.py").get_config("resnet50")
+    assert (r50.global_batch_size, r50.schedule.boundaries, r50.schedule.length) == (
+        256, (30.0, 60.0), 90.0)
+    assert (r50.model.shortcut, r50.model.bn_group_size, r50.data.train_augment) == (
+        "B", 32, "paper_imagenet")
+    modern = load("imagenet_modern.py").get_config()
+    assert modern.optimizer.nesterov and modern.optimizer.exclude_bn_and_bias
+    assert (modern.schedule.name, modern.schedule.warmup, modern.label_smoothing) == (
+        "cosine", 5.0, 0.1)
+    preact = load("cifar_preact.py").get_config("resnet1001,cifar100")
+    assert (preact.model.name, preact.data.dataset) == ("cifar_preact_resnet1001", "cifar100")
+    assert load("cifar_preact.py").get_config("resnet164").data.dataset == "cifar10"
+
+
+@pytest.mark.parametrize("file,arg,allowed", [
+    ("cifar.py", "resnet57", "resnet56"), ("cifar.py", None, "plain110"),
+    ("cifar_preact.py", "resnet164,cifar1000", "cifar100"),
+    ("cifar_preact.py", "resnet164,cifar10,x", "resnet1001"),
+    ("imagenet.py", "resnet200", "resnet152"), ("synthetic_benchmark.py", "vgg16", "resnet50"),
+])
+def test_unknown_argument_lists_the_allowed_ones(file, arg, allowed):
+    with pytest.raises(ValueError, match=allowed):
+        load(file).get_config(arg)
+
+
+def _few_steps(config):
+    config.global_batch_size = config.eval_batch_size = 32
+    config.schedule.unit, config.schedule.length = "steps", 3.0
+    config.schedule.boundaries = (1.0, 2.0) if config.schedule.name == "piecewise" else ()
+    config.schedule.warmup = min(config.schedule.warmup, 1.0)
+    config.log_every_steps = config.eval_every_steps = 3
+    config.async_checkpointing, config.tensorboard = False, False
+    return config
+
+
+def test_synthetic_benchmark_and_cifar_recipe_on_digits_train(tmp_path):
+    bench = _few_steps(load("synthetic_benchmark.py").get_config("cifar_resnet20"))
+    bench.data.image_size, bench.data.num_train_examples, bench.data.num_eval_examples = 8, 96, 32
+    cifar = _few_steps(load("cifar.py").get_config("resnet110"))
+    cifar.model.name, cifar.data.dataset = "cifar_resnet20", "digits"
+    for name, config in (("bench", bench), ("cifar", cifar)):
+        result = train_and_evaluate(config, str(tmp_path / name))
+        assert result["step"] == 3 and math.isfinite(result["eval"]["loss"])
