@@ -1,7 +1,9 @@
 """The train state and the pure, jit-able train and eval steps.
 
 TrainState leaves: step int32 [], params and batch_stats float32 trees, opt_state, rng uint32 [2].
-Batches: {"image": float [B, H, W, C], "label": int32 [B]} (+ "mask": bool [B] for eval).
+Train batches: {"image": float [B, H, W, C], "label": int32 [B]}. Eval batches add "mask": bool [B]
+and may carry several views of each image: "image" [B, V, H, W, C] (V crops) and/or
+"image_<size>" keys (several scales); see make_eval_step.
 Every reduction over the batch is written over the global batch; under jit with the batch sharded on
 the mesh, XLA inserts the cross-device reductions, so the code is the same on 1 device or a pod.
 """

@@ -96,7 +96,11 @@ def build_experiment(config, devices=None) -> Experiment:
 
 
 class _StopRequest:
-    """Set by SIGTERM (preemption) or the first Ctrl-C; the loop then checkpoints and returns."""
+    """Set by SIGTERM (preemption) or the first Ctrl-C; the loop then checkpoints and returns.
+
+    In a multi-process run JAX's preemption notifier receives SIGTERM and every process stops at the
+    same step (reached_preemption_sync_point); the signal handlers are then left to JAX.
+    """
 
     def __init__(self):
         self.event = threading.Event()
@@ -107,7 +111,7 @@ class _StopRequest:
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
