@@ -23,7 +23,7 @@ import numpy as np
 
 from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer, DamagedCheckpointError, IncompatibleCheckpointError
-from resnet_jax.config import ConfigError, base_config, model_options
+from resnet_jax.config import ConfigError, config_from_dict, model_options
 from resnet_jax.metric_writers import MetricWriter
 
 SCALARS = ("loss", "top1", "top5", "count")
@@ -82,22 +82,13 @@ def resolve_config(request: Request, stored: Optional[dict]) -> ml_collections.C
     if request.config is not None:
         config = copy.deepcopy(request.config)
     else:
-        config = base_config()
-        _read_into(config, stored or {}, "")
+        try:
+            config = config_from_dict(stored or {})
+        except ConfigError as e:
+            raise ConfigError(f"the stored config does not fit this code's schema ({e}); pass "
+                              "--config with a config file instead") from None
     config.update_from_flattened_dict(request.overrides)
     return config
-
-
-def _read_into(config: ml_collections.ConfigDict, stored: dict, prefix: str) -> None:
-    """Set `config`'s fields from a JSON dict (lists become the schema's tuples)."""
-    for key, value in stored.items():
-        if key not in config:
-            raise ConfigError(f"the stored config has a field {prefix + key!r} that this code's "
-                              "schema does not know; pass --config with a config file instead")
-        if isinstance(config[key], ml_collections.ConfigDict):
-            _read_into(config[key], value, f"{prefix}{key}.")
-        else:
-            config[key] = tuple(value) if isinstance(value, list) else value
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
