@@ -75,14 +75,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(few_steps_run, tmp_path):
-    params, stats = few_steps_run
+def _start_two_processes(workdir, overrides) -> list[subprocess.Popen]:
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen(
-        train_command(tmp_path, FEW_STEPS, f"--coordinator_address={address}", "--num_processes=2",
+    return [subprocess.Popen(
+        train_command(workdir, overrides, f"--coordinator_address={address}", "--num_processes=2",
                       f"--process_id={i}"),
         env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=REPO) for i in range(2)]
+
+
+def _finish(procs) -> list[tuple[str, str]]:
     try:
         outputs = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -90,6 +92,12 @@ def test_two_processes_match_one(few_steps_run, tmp_path):
             p.kill()
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
+    return outputs
+
+
+def test_two_processes_match_one(few_steps_run, tmp_path):
+    params, stats = few_steps_run
+    outputs = _finish(_start_two_processes(tmp_path, FEW_STEPS))
     assert "eval at step 4" in outputs[0][0] and "eval at step" not in outputs[1][0]
     (params2, stats2), step = final_state(tmp_path)
     assert step == 4
@@ -134,6 +142,19 @@ def test_sigterm_saves_a_checkpoint_that_resumes(reference_run, tmp_path):
     assert 10 <= stopped < 40
     run_train(tmp_path, {"checkpoint_every_steps": 1000})
     assert_trees_equal(final_state(tmp_path)[0], reference)
+
+
+def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
+    # JAX's preemption notifier receives SIGTERM; both processes save the same step and exit 0.
+    procs = _start_two_processes(tmp_path, {"schedule.length": 400, "schedule.boundaries": "(200.0,)",
+                                            "checkpoint_every_steps": 1000})
+    _wait_for_checkpoint(procs[0], tmp_path, 10)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outputs = _finish(procs)
+    stopped = checkpoint_steps(tmp_path)[-1]
+    assert 10 <= stopped < 400
+    assert f"Stop requested: saved step {stopped}" in outputs[0][0]
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
