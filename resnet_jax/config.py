@@ -168,10 +168,12 @@ def _check_schema(config, schema, prefix: str = "") -> None:
 
 
 def validate_config(config, device_count: Optional[int] = None,
-                    process_count: int = 1) -> None:
+                    process_count: int = 1, training: bool = True) -> None:
     """Raise ConfigError for the first field that is not allowed; returns None when all is well.
 
-    device_count and process_count are those of the run (global); divisibility is checked against them.
+    device_count and process_count are those of the run (global); divisibility is checked against them:
+    of the eval batch always, of the train batch and its BatchNorm groups only when `training`
+    (evaluating a checkpoint on another device count needs only the eval batch to divide).
     """
     _check_schema(config, base_config())
     for field, ok, allowed in _RULES:
@@ -189,14 +191,14 @@ def validate_config(config, device_count: Optional[int] = None,
     from resnet_jax.data import validate_data_config
 
     validate_data_config(config.data)
-    for field in ("global_batch_size", "eval_batch_size"):
+    for field in ("global_batch_size", "eval_batch_size") if training else ("eval_batch_size",):
         value = config[field]
         for count, what in ((device_count, "devices"), (process_count, "processes")):
             if count and value % count:
                 raise ConfigError(f"config.{field}={value} is not divisible by the {count} {what}; "
                                   f"use a multiple of {count}")
     group = config.model.bn_group_size
-    if group and device_count:
+    if group and device_count and training:
         per_device = config.global_batch_size // device_count
         if per_device % group:
             raise ConfigError(f"config.model.bn_group_size={group} must divide the per-device batch "

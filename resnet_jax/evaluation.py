@@ -129,7 +129,7 @@ class _Session:
         if key not in self._experiments:
             from resnet_jax.training import build_experiment  # training imports this module
 
-            self._experiments[key] = build_experiment(config, self.request.devices)
+            self._experiments[key] = build_experiment(config, self.request.devices, training=False)
         return self._experiments[key]
 
     def measure(self, exp, state) -> dict:

@@ -70,10 +70,14 @@ class Experiment:
         return self.init_state.lower().compile(INIT_COMPILER_OPTIONS)()
 
 
-def build_experiment(config, devices=None) -> Experiment:
-    """Validate `config` against the devices present, then build model, data, optimizer and steps."""
+def build_experiment(config, devices=None, training: bool = True) -> Experiment:
+    """Validate `config` against the devices present, then build model, data, optimizer and steps.
+
+    With training=False (evaluation only) the train batch need not divide the device count.
+    """
     mesh = parallel.make_mesh(devices)
-    validate_config(config, device_count=mesh.size, process_count=jax.process_count())
+    validate_config(config, device_count=mesh.size, process_count=jax.process_count(),
+                    training=training)
     hosts = HostSlice(config.global_batch_size, config.eval_batch_size, jax.process_index(),
                       jax.process_count())
     pipeline = build_pipeline(config.data, hosts, config.seed)

@@ -205,6 +205,17 @@ def test_bad_config_is_rejected_naming_the_field(field, value, message):
         validate_config(config, device_count=8)
 
 
+def test_evaluation_needs_only_the_eval_batch_to_divide_the_devices():
+    config = base_config()
+    config.global_batch_size, config.eval_batch_size, config.model.bn_group_size = 128, 60, 32
+    validate_config(config, device_count=3, training=False)
+    with pytest.raises(ConfigError, match="global_batch_size=128 is not divisible by the 3 devices"):
+        validate_config(config, device_count=3)
+    config.eval_batch_size = 64
+    with pytest.raises(ConfigError, match="eval_batch_size=64 is not divisible by the 3 devices"):
+        validate_config(config, device_count=3, training=False)
+
+
 def test_unknown_and_mistyped_fields_are_rejected():
     config = base_config()
     config.unlock()
