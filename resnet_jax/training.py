@@ -255,13 +255,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
             json.dump(config.to_dict(), f, indent=2, default=str)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                 async_save=config.async_checkpointing)
-    state = exp.create_state()
     start = checkpointer.latest_step()
-    if start is not None:
-        state, _ = checkpointer.restore(start, state)
+    if start is None:
+        state, start = exp.create_state(), 0
+    else:
+        state, _ = checkpointer.restore(start, jax.eval_shape(exp.init_state))
         if is_main:
             print(f"Resumed from step {start} in {workdir}", flush=True)
-    start = int(start or 0)
 
     size, _, channels = exp.pipeline.image_shape
     _, flops = flops_per_example(config.model.name, size, channels,
