@@ -236,8 +236,6 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def best_step(self) -> Optional[int]:
-        return self.manager.best_step()
 
     def wait(self) -> None:
         """Block until every started save is complete on disk."""
@@ -246,7 +244,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
-
-def abstract_like(state: Any) -> Any:
-    """jax.ShapeDtypeStruct tree (with shardings) describing `state`, for restoring into."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

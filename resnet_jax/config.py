@@ -108,8 +108,7 @@ def config_from_dict(values: dict) -> ml_collections.ConfigDict:
 
 def model_options(config) -> dict[str, Any]:
     """Keyword options for registry.create_model from config.model (unset placeholders omitted)."""
-    options = {k: v for k, v in config.model.items() if k != "name" and v is not None}
-    return options
+    return {k: v for k, v in config.model.items() if k != "name" and v is not None}
 
 
 Check = Callable[[Any], bool]

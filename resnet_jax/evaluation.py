@@ -156,7 +156,6 @@ class _Session:
             if self._writer is None:
                 self._writer = MetricWriter(self.out_dir, tensorboard=config.tensorboard)
             self._writer.write(step, self.request.name, {k: metrics[k] for k in SCALARS})
-            self._writer.flush()
             self.row(f"{key:>10} {metrics['loss']:>9.4f} {100 * metrics['top1']:>7.2f}% "
                      f"{100 * metrics['top5']:>7.2f}% {metrics['count']:>9.0f}  {checked}")
             if self.request.per_class:

@@ -94,10 +94,6 @@ class MetricWriter:
             writer.add_event(Event(wall_time=now, step=int(step), summary=summary))
             writer.flush()
 
-    def flush(self) -> None:
-        for w in self._tb.values():
-            w.flush()
-
     def close(self) -> None:
         for w in self._tb.values():
             w.close()
