@@ -23,9 +23,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     parallel.initialize_from_flags()
     from resnet_jax import training
+    from resnet_jax.experiment import build_experiment
 
     if FLAGS.dry_run:
-        print(training.dry_run_report(training.build_experiment(FLAGS.config)))
+        print(training.dry_run_report(build_experiment(FLAGS.config)))
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (or use --dry_run)")

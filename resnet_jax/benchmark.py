@@ -3,7 +3,7 @@
     python -m resnet_jax.benchmark --model resnet50 --batch_size 256 --image_size 224 \
         --dtype bfloat16 --steps 50 --warmup 5 --json bench.json
 
-The steps measured are training's own: `training.build_experiment` builds the mesh, the jitted
+The steps measured are training's own: `experiment.build_experiment` builds the mesh, the jitted
 train step (state donated) and eval step with their shardings, from a config whose only changes from
 `base_config()` are the model, batch, image size, dtype and BatchNorm grouping given here. The batch
 is generated once on the devices, float32 images sharded on the mesh's batch axis as training's
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import parallel, training
+from resnet_jax import experiment, parallel, training
 from resnet_jax.config import base_config
 from resnet_jax.models.registry import DTYPES, get_spec
 from resnet_jax.models.summary import count_params, flops_per_example
@@ -205,8 +205,8 @@ class _TrainSteps:
 def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[str, Any]]:
     """Result rows (train, then eval, as opts.mode asks) for one global batch size on `devices`;
     `opts` must be resolved()."""
-    exp = training.build_experiment(experiment_config(opts, batch_size), devices)
-    state = exp.create_state()
+    exp = experiment.build_experiment(experiment_config(opts, batch_size), devices)
+    state = exp.create_train_state()
     batch = synthetic_batch(exp.mesh, batch_size, exp.pipeline.image_shape, opts.num_classes,
                             opts.seed)
     flops = dict(zip(("eval", "train"), flops_per_example(opts.model, opts.image_size,

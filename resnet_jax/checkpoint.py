@@ -23,24 +23,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from resnet_jax.errors import DamagedCheckpointError, IncompatibleCheckpointError
+
 BEST_METRIC = "eval_top1"
 CHECKSUMS = "checksums.json"
 CHECKSUMMED_ITEMS = ("state", "meta")
 # Suffix of the folder Orbax writes a step into before renaming it to `<step>`.
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _CHUNK = 1 << 22
-
-
-class DamagedCheckpointError(RuntimeError):
-    """A checkpoint's files are missing, truncated, altered or unreadable; names the file."""
-
-    def __init__(self, step: int, path: str, reason: str):
-        self.step, self.path, self.reason = step, path, reason
-        super().__init__(f"checkpoint step {step} is damaged: {path}: {reason}")
-
-
-class IncompatibleCheckpointError(ValueError):
-    """The saved arrays do not fit the target state; names the first differing array and shapes."""
 
 
 def _digest(path: str) -> list:

@@ -12,11 +12,9 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from resnet_jax import optim
+from resnet_jax.data import validate_data_config
+from resnet_jax.errors import ConfigError
 from resnet_jax.models import registry
-
-
-class ConfigError(ValueError):
-    """A config field has a value that is not allowed; the message names the field."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -187,8 +185,6 @@ def validate_config(config, device_count: Optional[int] = None,
         registry.validate_options(config.model.name, model_options(config))
     except ValueError as e:
         raise ConfigError(f"config.model: {e}") from None
-    from resnet_jax.data import validate_data_config
-
     validate_data_config(config.data)
     for field in ("global_batch_size", "eval_batch_size") if training else ("eval_batch_size",):
         value = config[field]

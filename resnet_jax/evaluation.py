@@ -22,16 +22,15 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import parallel
-from resnet_jax.checkpoint import Checkpointer, DamagedCheckpointError, IncompatibleCheckpointError
-from resnet_jax.config import ConfigError, config_from_dict, model_options
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.config import config_from_dict, model_options
+from resnet_jax.errors import (ConfigError, DamagedCheckpointError, EvalError,
+                               IncompatibleCheckpointError)
+from resnet_jax.experiment import build_experiment
 from resnet_jax.metric_writers import MetricWriter
 
 SCALARS = ("loss", "top1", "top5", "count")
 RESERVED_NAMES = ("train", "eval")  # the training loop's own splits
-
-
-class EvalError(RuntimeError):
-    """An evaluation request cannot be carried out; the message says why and what to do."""
 
 
 def evaluate(exp, state, per_class: bool = False) -> dict[str, Any]:
@@ -127,8 +126,6 @@ class _Session:
     def experiment(self, config):
         key = json.dumps(config.to_dict(), sort_keys=True, default=str)
         if key not in self._experiments:
-            from resnet_jax.training import build_experiment  # training imports this module
-
             self._experiments[key] = build_experiment(config, self.request.devices, training=False)
         return self._experiments[key]
 
@@ -194,7 +191,7 @@ def _evaluate_step(session: _Session, ckpt: Checkpointer, step: int) -> dict:
     config = resolve_config(session.request, stored)
     exp = session.experiment(config)
     try:
-        state, _ = ckpt.restore(step, jax.eval_shape(exp.init_state), verify=False)
+        state, _ = ckpt.restore(step, exp.abstract_train_state(), verify=False)
     except IncompatibleCheckpointError as e:
         raise EvalError(f"{e}.{_changed_fields(config, stored)}") from None
     metrics = session.measure(exp, state)

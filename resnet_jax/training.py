@@ -5,15 +5,13 @@ latest complete checkpoint in `workdir/checkpoints`. The hot loop dispatches ste
 the devices; metrics stay on device until a log, eval or checkpoint step fetches them.
 """
 
-import dataclasses
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -22,81 +20,18 @@ from jax.experimental import multihost_utils
 
 from resnet_jax import optim, parallel
 from resnet_jax.checkpoint import Checkpointer
-from resnet_jax.config import model_options, validate_config
-from resnet_jax.data import HostSlice, Pipeline, build_pipeline
+from resnet_jax.config import model_options
+from resnet_jax.errors import NonFiniteLossError
 from resnet_jax.evaluation import evaluate
+from resnet_jax.experiment import Experiment, build_experiment
 from resnet_jax.metric_writers import MetricWriter
-from resnet_jax.models import create_model
 from resnet_jax.models.summary import flops_per_example, summarize
-from resnet_jax.steps import TrainState, create_train_state, make_eval_step, make_train_step
+from resnet_jax.steps import TrainState
 
 # Dense bfloat16 peak FLOP/s per device, by a substring of jax's device_kind (for MFU); the first
 # matching key wins, so more specific keys come first.
 PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
               "TPU v4": 275e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12}
-
-# The initialiser runs once: compiled unoptimised it builds in a fraction of the time (ResNet-20 on
-# 2 CPU cores: 0.7 s instead of 22 s, nearly all of it XLA optimising threefry random-number code),
-# with values within an ulp of the optimised build's.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss, gradients, parameters or BN statistics became NaN or Inf; names the step."""
-
-
-@dataclasses.dataclass
-class Experiment:
-    """Everything a run builds from its config before touching data."""
-
-    config: Any
-    mesh: jax.sharding.Mesh
-    pipeline: Pipeline
-    model: Any
-    schedule: optax.Schedule
-    tx: optax.GradientTransformation
-    total_steps: int
-    init_state: Callable[[], TrainState]  # jitted; jax.eval_shape(init_state) gives the layout
-    train_step: Callable
-    eval_step: Callable
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.pipeline.steps_per_epoch
-
-    def create_state(self) -> TrainState:
-        """A freshly initialised, replicated train state (`init_state` compiled unoptimised)."""
-        return self.init_state.lower().compile(INIT_COMPILER_OPTIONS)()
-
-
-def build_experiment(config, devices=None, training: bool = True) -> Experiment:
-    """Validate `config` against the devices present, then build model, data, optimizer and steps.
-
-    With training=False (evaluation only) the train batch need not divide the device count.
-    """
-    mesh = parallel.make_mesh(devices)
-    validate_config(config, device_count=mesh.size, process_count=jax.process_count(),
-                    training=training)
-    hosts = HostSlice(config.global_batch_size, config.eval_batch_size, jax.process_index(),
-                      jax.process_count())
-    pipeline = build_pipeline(config.data, hosts, config.seed)
-    model = create_model(config.model.name, num_classes=pipeline.num_classes,
-                         **model_options(config))
-    schedule = optim.learning_rate_schedule(config.schedule, pipeline.steps_per_epoch,
-                                            config.global_batch_size)
-    tx = optim.build_optimizer(config.optimizer, schedule)
-    replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    init = jax.jit(partial(create_train_state, model, tx, pipeline.image_shape, config.seed),
-                   out_shardings=replicated)
-    train_step = jax.jit(make_train_step(model, tx, schedule, config.label_smoothing),
-                         in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
-                         donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch),
-                        out_shardings=replicated)
-    return Experiment(config, mesh, pipeline, model, schedule, tx,
-                      optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,
-                      train_step, eval_step)
-
 
 class _StopRequest:
     """Set by SIGTERM (preemption) or the first Ctrl-C; the loop then checkpoints and returns.
@@ -212,7 +147,7 @@ def restore_checkpoint(config, workdir: str, step: Optional[int] = None,
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-        state, meta = checkpointer.restore(step, jax.eval_shape(exp.init_state))
+        state, meta = checkpointer.restore(step, exp.abstract_train_state())
     finally:
         checkpointer.close()
     return exp, state, meta
@@ -256,9 +191,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
                                 async_save=config.async_checkpointing)
     start = checkpointer.latest_step()
     if start is None:
-        state, start = exp.create_state(), 0
+        state, start = exp.create_train_state(), 0
     else:
-        state, _ = checkpointer.restore(start, jax.eval_shape(exp.init_state))
+        state, _ = checkpointer.restore(start, exp.abstract_train_state())
         if is_main:
             print(f"Resumed from step {start} in {workdir}", flush=True)
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from resnet_jax.config import ConfigError, base_config, validate_config
+from resnet_jax.config import base_config, validate_config
+from resnet_jax.errors import ConfigError
 from resnet_jax.data import HostSlice, splits
 from resnet_jax.data.image_files import write_image_folder
 

@@ -12,9 +12,10 @@ import pytest
 
 from resnet_jax import data as data_lib
 from resnet_jax.checkpoint import Checkpointer
-from resnet_jax.config import ConfigError, base_config, validate_config
+from resnet_jax.config import base_config, validate_config
+from resnet_jax.errors import ConfigError, NonFiniteLossError
 from resnet_jax.metric_writers import read_metrics
-from resnet_jax.training import NonFiniteLossError, train_and_evaluate
+from resnet_jax.training import train_and_evaluate
 from train_cli import (REPO, assert_trees_equal, checkpoint_steps, env_with_devices, final_state,
                        run_train, start_train, tiny_config, train_command)
 

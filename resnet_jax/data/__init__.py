@@ -12,6 +12,7 @@ from resnet_jax.data.base import Batch, HostSlice, Pipeline
 from resnet_jax.data.embedded import digits_pipeline
 from resnet_jax.data.synthetic import synthetic_pipeline
 from resnet_jax.data.tf_pipeline import check_dataset, tf_pipeline
+from resnet_jax.errors import ConfigError
 
 PipelineBuilder = Callable[..., Pipeline]
 
@@ -24,8 +25,6 @@ BUILDERS: dict[str, PipelineBuilder] = {
 
 
 def _check_choice(data_config, field: str, allowed, none_allowed: bool = False) -> None:
-    from resnet_jax.config import ConfigError
-
     value = data_config[field]
     if not (value in allowed or (none_allowed and value is None)):
         default = " or None (the dataset's default)" if none_allowed else ""
@@ -36,8 +35,6 @@ def _check_choice(data_config, field: str, allowed, none_allowed: bool = False) 
 def validate_data_config(data_config) -> None:
     """Raise ConfigError naming the config.data field that is not allowed, or the dataset that is not
     there, before any compute and without downloading anything."""
-    from resnet_jax.config import ConfigError
-
     _check_choice(data_config, "dataset", BUILDERS)
     if data_config.max_shift < 0:
         raise ConfigError(f"config.data.max_shift={data_config.max_shift} must be >= 0")

@@ -23,11 +23,12 @@ from typing import Mapping
 
 import numpy as np
 
-from resnet_jax.config import ConfigError
-from resnet_jax.data import catalog, splits
+import resnet_jax.data.catalog as catalog
+import resnet_jax.data.splits as splits
 from resnet_jax.data.base import HostSlice
 from resnet_jax.data.splits import Range
 from resnet_jax.data.tf_runtime import dataset_options, tensorflow
+from resnet_jax.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Encoded images a train split may take in memory (InMemorySource), or the default shuffle buffer.

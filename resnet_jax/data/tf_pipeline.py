@@ -15,13 +15,14 @@ from typing import Iterator
 
 import numpy as np
 
-from resnet_jax.config import ConfigError
-from resnet_jax.data import catalog, splits
+import resnet_jax.data.catalog as catalog
+import resnet_jax.data.splits as splits
 from resnet_jax.data.base import Batch, HostSlice, Pipeline, pad_eval_batch
 from resnet_jax.data.preprocessing import Preprocessor, center_view
 from resnet_jax.data.sources import Source, open_source, train_source
 from resnet_jax.data.splits import Range
 from resnet_jax.data.tf_runtime import dataset_options, tensorflow
+from resnet_jax.errors import ConfigError
 
 STATISTICS_EXAMPLES = 50_000  # train examples measured for per_pixel_mean, or unpublished channel stats
 STATISTICS_BATCH = 256

@@ -38,7 +38,7 @@ from resnet_jax.config import base_config, config_from_dict  # noqa: E402
 from resnet_jax.experiments.plot import save_figure  # noqa: E402
 from resnet_jax.models.blocks import ResidualBlockBase  # noqa: E402
 from resnet_jax.steps import cross_entropy  # noqa: E402
-from resnet_jax.training import build_experiment  # noqa: E402
+from resnet_jax.experiment import build_experiment  # noqa: E402
 
 _LAYER = re.compile(r"(bn|conv)(\d+)$")
 
@@ -135,7 +135,7 @@ def measure_model(name: str, batch_size: int = 128, seed: int = 0) -> dict[str, 
     exp = build_experiment(config, jax.devices()[:1])
     images, labels = _batch(exp, batch_size)
     stats = make_block_statistics(exp.model)
-    return {"label": name, "step": 0, **stats(_variables(exp.create_state()), images, labels)}
+    return {"label": name, "step": 0, **stats(_variables(exp.create_train_state()), images, labels)}
 
 
 def measure_workdir(workdir: str, batch_size: int = 128) -> Iterator[dict[str, Any]]:
@@ -146,11 +146,11 @@ def measure_workdir(workdir: str, batch_size: int = 128) -> Iterator[dict[str, A
     images, labels = _batch(exp, batch_size)
     label = os.path.basename(os.path.normpath(workdir))
     stats = make_block_statistics(exp.model)
-    yield {"label": label, "step": 0, **stats(_variables(exp.create_state()), images, labels)}
+    yield {"label": label, "step": 0, **stats(_variables(exp.create_train_state()), images, labels)}
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         for step in checkpointer.all_steps():
-            restored, _ = checkpointer.restore(step, jax.eval_shape(exp.init_state))
+            restored, _ = checkpointer.restore(step, exp.abstract_train_state())
             yield {"label": label, "step": step,
                    **stats(_variables(restored), images, labels)}
     finally:

@@ -1,0 +1,35 @@
+"""The exception types of resnet_jax, in one module so that every layer can raise them without
+importing another.
+
+`UserError` is bad input the user can fix (a config field, a flag, a dataset that is not prepared,
+an evaluation request): the command-line entry points print its message as one line and exit 2.
+Anything else is an internal error and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Input the user can fix; the message names the field or flag and what is allowed."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config field has a value that is not allowed; the message names the field."""
+
+
+class EvalError(UserError):
+    """An evaluation request cannot be carried out; the message says why and what to do."""
+
+
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint's files are missing, truncated, altered or unreadable; names the file."""
+
+    def __init__(self, step: int, path: str, reason: str):
+        self.step, self.path, self.reason = step, path, reason
+        super().__init__(f"checkpoint step {step} is damaged: {path}: {reason}")
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The saved arrays do not fit the target state; names the first differing array and shapes."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss, gradients, parameters or BN statistics became NaN or Inf; names the step."""
