@@ -11,16 +11,15 @@ overrides any field (e.g. --config.data.data_dir=... --config.eval_batch_size=..
 
 import os
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from resnet_jax import parallel
+from resnet_jax import cli, parallel
+from resnet_jax.errors import UserError
 
-config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
+cli.define_config_flag(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
     "Config file replacing the stored config, used only when given (the default just defines "
-    "the fields); --config.<field>=<value> overrides a field of either.",
-    lock_config=True)
+    "the fields); --config.<field>=<value> overrides a field of either.")
 flags.DEFINE_string("workdir", None, "Training run folder to evaluate; results are written here "
                     "(with --checkpoint or --torchvision_weights too, when given).")
 flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the latest).")
@@ -41,7 +40,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only manager.
     parallel.initialize_from_flags()
@@ -53,11 +53,8 @@ def main(argv):
         checkpoint=FLAGS.checkpoint, torchvision_weights=FLAGS.torchvision_weights,
         config=FLAGS.config if FLAGS["config"].present else None,
         overrides=FLAGS["config"].override_values, per_class=FLAGS.per_class, name=FLAGS.name)
-    try:
-        evaluation.run(request)
-    except evaluation.EvalError as e:
-        raise SystemExit(f"eval.py: error: {e}") from None
+    evaluation.run(request)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

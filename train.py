@@ -1,37 +1,39 @@
 """Train a ResNet: python train.py --config configs/X.py --workdir DIR [--config.field=value ...]
 
-The same command resumes from the latest checkpoint in DIR, and runs unchanged on every host of a
-multi-host job (start-up from the flags below or from the environment: SLURM, TPU pods).
+The same command resumes from the latest checkpoint in DIR, and runs unchanged on every process of a
+multi-host job: JAX finds SLURM, Open MPI, Kubernetes and Cloud TPU pods by itself; elsewhere give
+--coordinator_address, --num_processes and --process_id.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from resnet_jax import parallel
+from resnet_jax import cli, parallel
+from resnet_jax.errors import UserError
 
-config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.",
-                                lock_config=True)
+cli.define_config_flag("configs/default.py", "Experiment config file.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-flags.DEFINE_bool("dry_run", False, "Print the validated config, model summary and schedule; exit.")
+flags.DEFINE_bool("dry_run", False, "Print the validated config, model summary and schedule, and "
+                  "exit; needs no dataset (cifar10, cifar100 and imagenet2012 use their published "
+                  "split sizes when not prepared).")
 parallel.define_distributed_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    if not FLAGS.dry_run and not FLAGS.workdir:
+        raise UserError("--workdir is required (or use --dry_run)")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     parallel.initialize_from_flags()
-    from resnet_jax import training
-    from resnet_jax.experiment import build_experiment
+    from resnet_jax import console, training
 
     if FLAGS.dry_run:
-        print(training.dry_run_report(build_experiment(FLAGS.config)))
+        print(console.dry_run_report(console.plan_run(FLAGS.config)))
         return
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required (or use --dry_run)")
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

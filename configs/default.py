@@ -16,6 +16,7 @@ def get_config():
     c.schedule.base_lr = 0.2
     c.schedule.length = 30.0
     c.schedule.boundaries = (15.0, 25.0)
-    c.log_every_steps = 50
-    c.checkpoint_every_steps = 100
+    c.log_every_steps = 55  # every 5 epochs of 11 steps
+    c.eval_every_steps = 55
+    c.checkpoint_every_steps = 110
     return c

@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = placeholder(int)
     c.checkpoint_every_steps = 500
+    # Also save at every eval step, so that keep-best chooses among all evaluated steps; otherwise
+    # only steps that are multiples of checkpoint_every_steps (and the last) are saved.
+    c.checkpoint_at_eval = False
     c.keep_checkpoints = 3
     c.async_checkpointing = True
     c.tensorboard = True
@@ -165,12 +168,14 @@ def _check_schema(config, schema, prefix: str = "") -> None:
 
 
 def validate_config(config, device_count: Optional[int] = None,
-                    process_count: int = 1, training: bool = True) -> None:
+                    process_count: int = 1, training: bool = True,
+                    require_data: bool = True) -> None:
     """Raise ConfigError for the first field that is not allowed; returns None when all is well.
 
     device_count and process_count are those of the run (global); divisibility is checked against them:
     of the eval batch always, of the train batch and its BatchNorm groups only when `training`
     (evaluating a checkpoint on another device count needs only the eval batch to divide).
+    Without `require_data` a dataset that is not prepared passes (planning a run, --dry_run).
     """
     _check_schema(config, base_config())
     for field, ok, allowed in _RULES:
@@ -185,7 +190,7 @@ def validate_config(config, device_count: Optional[int] = None,
         registry.validate_options(config.model.name, model_options(config))
     except ValueError as e:
         raise ConfigError(f"config.model: {e}") from None
-    validate_data_config(config.data)
+    validate_data_config(config.data, require_data)
     for field in ("global_batch_size", "eval_batch_size") if training else ("eval_batch_size",):
         value = config[field]
         for count, what in ((device_count, "devices"), (process_count, "processes")):

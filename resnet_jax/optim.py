@@ -96,3 +96,22 @@ def describe_schedule(schedule_config, steps_per_epoch: int, global_batch_size: 
     for s in sorted(k for k in keys if 0 <= k < total):
         lines.append(f"  step {s:>9,} (epoch {s / steps_per_epoch:8.2f}): lr {float(fn(s)):.6g}")
     return "\n".join(lines)
+
+
+def describe_in_one_line(schedule_config, optimizer_config, global_batch_size: int) -> str:
+    """The schedule and optimizer as one line of the start-up header, e.g. "piecewise lr 0.1, x0.1
+    at epochs 30, 60; SGD momentum 0.9, weight decay 0.0001 (l2)"."""
+    c, o = schedule_config, optimizer_config
+    line = f"{c.name} lr {peak_learning_rate(c, global_batch_size):g}"
+    if c.warmup:
+        line += f" after {c.warmup:g} {c.unit} of {c.warmup_mode} warm-up"
+    if c.name == "piecewise" and c.boundaries:
+        line += f", x{c.decay_factor:g} at {c.unit} {', '.join(f'{b:g}' for b in c.boundaries)}"
+    elif c.name == "cosine":
+        line += " decaying to 0"
+    kernels_only = ", kernels only" if o.exclude_bn_and_bias else ""
+    line += (f"; SGD momentum {o.momentum:g}{' (Nesterov)' if o.nesterov else ''}, weight decay "
+             f"{o.weight_decay:g} ({o.weight_decay_mode}{kernels_only})")
+    if o.grad_clip_norm:
+        line += f", gradients clipped to norm {o.grad_clip_norm:g}"
+    return line

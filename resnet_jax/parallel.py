@@ -5,36 +5,40 @@ process: batches are sharded on their leading axis, parameters and optimizer sta
 (their sharding is a function of the mesh, so it can later shard them instead).
 """
 
-import os
 from typing import Optional
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-
-# Environment variables by which jax.distributed.initialize() finds a cluster by itself.
-_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                "JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
+# What jax.distributed.initialize raises when it finds no cluster and was given no coordinator.
+_NO_CLUSTER = "coordinator_address should be defined"
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None) -> None:
-    """Join a multi-process run, from explicit arguments or the environment (SLURM, TPU pods).
+    """Join a multi-process run, from explicit arguments or by JAX's own cluster detection.
 
-    With no arguments and no cluster in the environment, does nothing (a single-process run). A SLURM
-    job of one task is treated as single-process. Must run before anything touches a device.
+    `jax.distributed.initialize` finds SLURM, Open MPI, Kubernetes and Cloud TPU VMs (through their
+    metadata, asked only on a TPU VM) by itself; with no arguments and no cluster found this is a
+    single-process run and returns at once. Processes other than 0 then log errors only. Must run
+    before anything touches a device.
     """
-    if coordinator_address or num_processes or process_id is not None:
+    explicit = coordinator_address or num_processes or process_id is not None
+    try:
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
+    except ValueError as e:
+        if explicit or _NO_CLUSTER not in str(e):
+            raise
         return
-    if os.environ.get("SLURM_NTASKS", "1") == "1" and "SLURM_JOB_ID" in os.environ:
-        return
-    if any(k in os.environ for k in _CLUSTER_ENV):
-        jax.distributed.initialize()
+    logging.info("process %d of %d joined; %d local of %d devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    if jax.process_index() > 0:
+        logging.set_verbosity(logging.ERROR)  # process 0 speaks for the run
 
 
 def define_distributed_flags() -> None:
@@ -55,10 +59,11 @@ def initialize_from_flags() -> None:
 
 
 def make_mesh(devices=None) -> Mesh:
-    """A one-axis mesh over `devices` (default: all devices of all processes, in process order)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,),
-                axis_types=(jax.sharding.AxisType.Auto,))
+    """A one-axis mesh over `devices` (default: all devices of all processes), in the
+    topology-aware order of `jax.make_mesh`. Its axis is Auto: jit places the collectives."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

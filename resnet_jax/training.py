@@ -8,24 +8,21 @@ the devices; metrics stay on device until a log, eval or checkpoint step fetches
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any, Optional
 
 import jax
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
-from resnet_jax import optim, parallel
+from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer
-from resnet_jax.config import model_options
+from resnet_jax.console import Console, final_summary, format_duration, header, plan_run
 from resnet_jax.errors import NonFiniteLossError
 from resnet_jax.evaluation import evaluate
 from resnet_jax.experiment import Experiment, build_experiment
-from resnet_jax.metric_writers import MetricWriter
-from resnet_jax.models.summary import flops_per_example, summarize
+from resnet_jax.metric_writers import MetricWriter, read_metrics
 from resnet_jax.steps import TrainState
 
 # Dense bfloat16 peak FLOP/s per device, by a substring of jax's device_kind (for MFU); the first
@@ -69,30 +66,21 @@ def peak_flops(device_kind: str) -> Optional[float]:
     return next((v for k, v in PEAK_FLOPS.items() if k in device_kind), None)
 
 
-def _format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 class _TrainLogger:
     """Holds per-step device metrics until a flush; then checks them, averages and writes them."""
 
-    def __init__(self, exp: Experiment, writer: MetricWriter, train_flops_per_image: float):
-        self.exp, self.writer = exp, writer
+    def __init__(self, exp: Experiment, writer: MetricWriter, console: Console,
+                 train_flops_per_image: float):
+        self.exp, self.writer, self.console = exp, writer, console
         self.pending: list[tuple[int, dict]] = []
         self.restart_window()
         self.flops = train_flops_per_image
         self.peak = peak_flops(jax.devices()[0].device_kind)
-        self.tty = sys.stdout.isatty() and jax.process_index() == 0
 
     def add(self, step: int, metrics: dict) -> None:
         self.pending.append((step, metrics))
         self.window_steps += 1
-        if self.tty:
-            done = step / self.exp.total_steps
-            bar = "#" * int(30 * done)
-            sys.stdout.write(f"\r[{bar:<30}] {step}/{self.exp.total_steps}")
-            sys.stdout.flush()
+        self.console.advance()
 
     def check(self) -> None:
         """Fetch pending metrics; raise NonFiniteLossError naming the first bad step."""
@@ -123,13 +111,11 @@ class _TrainLogger:
                 mean["mfu"] = images * self.flops / (self.peak * self.exp.mesh.size)
             eta = (self.exp.total_steps - step) * step_time
             speed = (f" | {images:,.0f} img/s ({images / self.exp.mesh.size:,.0f}/device) "
-                     f"{1000 * step_time:.1f} ms/step | ETA {_format_duration(eta)}")
+                     f"{1000 * step_time:.1f} ms/step | ETA {format_duration(eta)}")
         self.writer.write(step, "train", mean)
-        if jax.process_index() == 0:
-            prefix = "\n" if self.tty else ""
-            print(f"{prefix}step {step:>7}/{self.exp.total_steps} epoch {mean['epoch']:6.2f} | "
-                  f"loss {mean['loss']:.4f} top1 {100 * mean['top1']:6.2f}% lr {mean['lr']:.4g}"
-                  f"{speed}", flush=True)
+        self.console.print(f"step {step:>7}/{self.exp.total_steps} epoch {mean['epoch']:6.2f} | "
+                           f"loss {mean['loss']:.4f} top1 {100 * mean['top1']:6.2f}% "
+                           f"lr {mean['lr']:.4g}{speed}")
         self.pending = []
         self.restart_window()
 
@@ -153,24 +139,6 @@ def restore_checkpoint(config, workdir: str, step: Optional[int] = None,
     return exp, state, meta
 
 
-def dry_run_report(exp: Experiment) -> str:
-    """The resolved config, the model summary and the schedule, as printed by --dry_run."""
-    c = exp.config
-    size, _, channels = exp.pipeline.image_shape
-    summary = summarize(c.model.name, size, channels, num_classes=exp.pipeline.num_classes,
-                        **model_options(c))
-    return "\n\n".join([
-        "Resolved config:\n" + str(c),
-        f"Data: {c.data.dataset}, {exp.pipeline.num_train_examples:,} train / "
-        f"{exp.pipeline.num_eval_examples:,} eval examples of shape {exp.pipeline.image_shape}, "
-        f"{exp.pipeline.num_classes} classes; {exp.mesh.size} device(s), "
-        f"{jax.process_count()} process(es)",
-        "Model:\n" + summary.format(),
-        "Schedule:\n" + optim.describe_schedule(c.schedule, exp.steps_per_epoch,
-                                                c.global_batch_size),
-    ])
-
-
 def _meta(exp: Experiment, step: int, metrics: Optional[dict] = None) -> dict:
     return {"step": step, "epoch": step // exp.steps_per_epoch,
             "position_in_epoch": step % exp.steps_per_epoch,
@@ -180,8 +148,11 @@ def _meta(exp: Experiment, step: int, metrics: Optional[dict] = None) -> dict:
 
 def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval
-    metrics with the step reached and whether the run stopped early on a signal."""
+    metrics with the step reached, whether the run stopped early on a signal, and whether it is
+    complete. A run that is already complete prints its summary and returns at once."""
+    session_start = time.perf_counter()
     exp = build_experiment(config, devices)
+    plan = plan_run(config, exp.mesh.size)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:
@@ -190,20 +161,23 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                 async_save=config.async_checkpointing)
     start = checkpointer.latest_step()
+    console = Console(exp.total_steps, start or 0)
+    console.print(header(plan, workdir, start))
+    result: dict[str, Any] = {"step": start or 0, "preempted": False, "complete": False}
+    if start is not None and start >= exp.total_steps:
+        checkpointer.close()
+        console.close()
+        console.print(f"{workdir} is complete: nothing to train.\n" + _summary(
+            workdir, start, exp, session_start, checkpointer))
+        return {**result, "complete": True}
     if start is None:
         state, start = exp.create_train_state(), 0
     else:
         state, _ = checkpointer.restore(start, exp.abstract_train_state())
-        if is_main:
-            print(f"Resumed from step {start} in {workdir}", flush=True)
 
-    size, _, channels = exp.pipeline.image_shape
-    _, flops = flops_per_example(config.model.name, size, channels,
-                                 num_classes=exp.pipeline.num_classes, **model_options(config))
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
-    logger = _TrainLogger(exp, writer, flops)
+    logger = _TrainLogger(exp, writer, console, plan.model.train_flops)
     eval_every = config.eval_every_steps or exp.steps_per_epoch
-    result: dict[str, Any] = {"step": start, "preempted": False}
     batches = exp.pipeline.train_batches(start)
     try:
         with _StopRequest() as stop:
@@ -223,24 +197,36 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
                     eval_metrics = evaluate(exp, state)
                     writer.write(step, "eval", eval_metrics)
                     result["eval"] = eval_metrics
-                    if is_main:
-                        print(f"eval at step {step}: loss {eval_metrics['loss']:.4f} top1 "
-                              f"{100 * eval_metrics['top1']:.2f}% top5 "
-                              f"{100 * eval_metrics['top5']:.2f}% over "
-                              f"{int(eval_metrics['count'])} examples", flush=True)
-                if step % config.checkpoint_every_steps == 0 or eval_metrics or last or preempted:
+                    console.print(f"eval at step {step}: loss {eval_metrics['loss']:.4f} top1 "
+                                  f"{100 * eval_metrics['top1']:.2f}% top5 "
+                                  f"{100 * eval_metrics['top5']:.2f}% over "
+                                  f"{int(eval_metrics['count'])} examples")
+                at_eval = eval_metrics is not None and config.checkpoint_at_eval
+                if step % config.checkpoint_every_steps == 0 or at_eval or last or preempted:
                     logger.check()
                     ckpt_metrics = {f"eval_{k}": v for k, v in (eval_metrics or {}).items()}
                     checkpointer.save(step, state, _meta(exp, step, ckpt_metrics), ckpt_metrics)
                 result["step"] = step
                 if preempted:
                     result["preempted"] = True
-                    if is_main:
-                        print(f"Stop requested: saved step {step}; run the same command to resume.",
-                              flush=True)
+                    console.print(f"Stop requested: saved step {step}; run the same command to "
+                                  "resume.")
                     break
     finally:
         checkpointer.wait()
         checkpointer.close()
         writer.close()
+        console.close()
+    result["complete"] = result["step"] >= exp.total_steps
+    console.print(_summary(workdir, result["step"], exp, session_start, checkpointer))
     return result
+
+
+def _summary(workdir: str, step: int, exp: Experiment, session_start: float,
+             checkpointer: Checkpointer) -> str:
+    """The final summary of the run in `workdir` (console.final_summary), on process 0."""
+    if jax.process_index() != 0:
+        return ""
+    records = read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+    return final_summary(workdir, step, exp.total_steps, time.perf_counter() - session_start,
+                         records, checkpointer.step_dir(step))

@@ -4,6 +4,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import jax
@@ -85,6 +86,18 @@ def _start_two_processes(workdir, overrides) -> list[subprocess.Popen]:
         cwd=REPO) for i in range(2)]
 
 
+def _start_two_slurm_tasks(workdir, overrides) -> list[subprocess.Popen]:
+    """Two tasks of an emulated one-node SLURM job step; no start-up flags: JAX reads the job."""
+    port = str(_free_port())
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
+             "SLURM_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_NUM_NODES": "1",
+             "JAX_COORDINATOR_PORT": port}
+    return [subprocess.Popen(
+        train_command(workdir, overrides),
+        env={**env_with_devices(1), **slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for i in range(2)]
+
+
 def _finish(procs) -> list[tuple[str, str]]:
     try:
         outputs = [p.communicate(timeout=300) for p in procs]
@@ -96,14 +109,62 @@ def _finish(procs) -> list[tuple[str, str]]:
     return outputs
 
 
-def test_two_processes_match_one(few_steps_run, tmp_path):
-    params, stats = few_steps_run
-    outputs = _finish(_start_two_processes(tmp_path, FEW_STEPS))
-    assert "eval at step 4" in outputs[0][0] and "eval at step" not in outputs[1][0]
-    (params2, stats2), step = final_state(tmp_path)
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """FEW_STEPS as two processes started with explicit flags: (params, stats), process outputs."""
+    workdir = tmp_path_factory.mktemp("two_processes")
+    outputs = _finish(_start_two_processes(workdir, FEW_STEPS))
+    (params, stats), step = final_state(workdir)
     assert step == 4
+    return (params, stats), outputs
+
+
+def test_two_processes_match_one(few_steps_run, two_process_run):
+    params, stats = few_steps_run
+    (params2, stats2), outputs = two_process_run
+    assert "eval at step 4" in outputs[0][0] and "eval at step" not in outputs[1][0]
+    assert "2 process(es) x 1 cpu device(s) = 2" in outputs[0][0]
+    # Process 1 prints nothing of its own (gloo's C++ start-up line is not ours to silence).
+    assert all(line.startswith("[Gloo]") for line in outputs[1][0].splitlines()), outputs[1][0]
     assert_trees_equal(params2, params, rtol=1e-4, atol=1e-5)
     assert_trees_equal(stats2, stats, rtol=1e-4, atol=1e-5)
+
+
+def test_slurm_job_starts_without_flags_and_matches_explicit_flags(two_process_run, tmp_path):
+    (params, stats), explicit = two_process_run
+    outputs = _finish(_start_two_slurm_tasks(tmp_path, FEW_STEPS))
+    assert "2 process(es) x 1 cpu device(s) = 2" in outputs[0][0]
+    eval_line = [line for line in explicit[0][0].splitlines() if line.startswith("eval at step 4")]
+    assert eval_line and eval_line[0] in outputs[0][0]
+    (slurm_params, slurm_stats), step = final_state(tmp_path)
+    assert step == 4
+    assert_trees_equal(slurm_params, params)
+    assert_trees_equal(slurm_stats, stats)
+
+
+def test_a_single_process_without_a_cluster_starts_at_once():
+    """No cluster in the environment: no coordinator, no metadata server, one process."""
+    script = ("from resnet_jax import parallel; parallel.initialize_distributed(); import jax; "
+              "print(jax.process_count(), jax.device_count())")
+    env = {k: v for k, v in env_with_devices(2).items()
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_", "KUBERNETES_"))}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "2"]
+
+
+def test_checkpoint_every_steps_means_what_it_says(tmp_path):
+    """Evaluation no longer forces a save; config.checkpoint_at_eval adds one at every eval."""
+    config = tiny_config()
+    config.schedule.length, config.schedule.boundaries = 12, (6.0,)
+    config.eval_every_steps, config.checkpoint_every_steps, config.keep_checkpoints = 3, 5, 10
+    config.async_checkpointing = False
+    train_and_evaluate(config, str(tmp_path / "plain"), devices=jax.devices()[:1])
+    assert checkpoint_steps(tmp_path / "plain") == [5, 10, 12]
+    config.checkpoint_at_eval = True
+    train_and_evaluate(config, str(tmp_path / "at_eval"), devices=jax.devices()[:1])
+    assert checkpoint_steps(tmp_path / "at_eval") == [3, 5, 6, 9, 10, 12]
 
 
 def _wait_for_checkpoint(proc, workdir, min_step, timeout=240):
@@ -127,7 +188,7 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, tmp_path):
     killed_at = checkpoint_steps(tmp_path)[-1]
     assert killed_at < 40, "the run finished before it was killed"
     resumed = run_train(tmp_path, overrides)
-    assert f"Resumed from step {killed_at}" in resumed.stdout
+    assert f"(resuming from step {killed_at})" in resumed.stdout
     assert_trees_equal(final_state(tmp_path)[0], reference)
 
 

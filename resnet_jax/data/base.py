@@ -73,6 +73,11 @@ def pad_eval_batch(batch: Batch, size: int) -> Batch:
     return out
 
 
+def steps_per_epoch(num_train_examples: int, global_batch_size: int) -> int:
+    """Global steps in one pass over the train split (the last partial batch is dropped)."""
+    return max(1, num_train_examples // global_batch_size)
+
+
 class Pipeline(abc.ABC):
     """A dataset's train and eval streams for one process (see the module docstring)."""
 
@@ -84,8 +89,7 @@ class Pipeline(abc.ABC):
 
     @property
     def steps_per_epoch(self) -> int:
-        """Global steps in one pass over the train split (the last partial batch is dropped)."""
-        return max(1, self.num_train_examples // self.hosts.global_batch_size)
+        return steps_per_epoch(self.num_train_examples, self.hosts.global_batch_size)
 
     @abc.abstractmethod
     def train_batches(self, start_step: int = 0) -> Iterator[Batch]:

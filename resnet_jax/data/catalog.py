@@ -24,13 +24,20 @@ class DatasetEntry:
     eval_split: Optional[str]  # None: the first of EVAL_SPLIT_CANDIDATES the dataset has
     train_augment: str
     mean_std: Optional[tuple]  # 0-1 scale; None: measured on the train split
+    # The published class count and split sizes, for planning a run (--dry_run) before the dataset
+    # is prepared; None where they depend on the data.
+    num_classes: Optional[int] = None
+    split_sizes: Optional[dict] = None
 
 
 DATASETS = {
-    "cifar10": DatasetEntry("cifar10", "train", "test", "cifar", CIFAR10_MEAN_STD),
-    "cifar100": DatasetEntry("cifar100", "train", "test", "cifar", CIFAR100_MEAN_STD),
+    "cifar10": DatasetEntry("cifar10", "train", "test", "cifar", CIFAR10_MEAN_STD, 10,
+                            {"train": 50_000, "test": 10_000}),
+    "cifar100": DatasetEntry("cifar100", "train", "test", "cifar", CIFAR100_MEAN_STD, 100,
+                             {"train": 50_000, "test": 10_000}),
     "imagenet2012": DatasetEntry("imagenet2012", "train", "validation", "inception",
-                                 IMAGENET_MEAN_STD),
+                                 IMAGENET_MEAN_STD, 1000,
+                                 {"train": 1_281_167, "validation": 50_000}),
     "tfds": DatasetEntry(None, "train", None, "inception", None),
     "folder": DatasetEntry(None, "train", None, "inception", None),
 }
@@ -55,14 +62,13 @@ def resize_size(data_config) -> int:
 
 
 def prepare_instructions(data_config, name: str, data_dir: str) -> str:
-    """How to get `name` prepared under `data_dir` (for the error a missing dataset raises)."""
+    """How to get `name` prepared under `data_dir`, in one line (for the error a missing dataset
+    raises)."""
     command = f"python -m resnet_jax.data.prepare --dataset {name} --data_dir {data_dir}"
     if name == "imagenet2012":
         manual = data_config.manual_dir or f"{data_dir}/downloads/manual"
-        return (f"Put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org, after "
-                f"registering) in {manual} and run:\n  {command} --manual_dir {manual}\n"
-                f"or set config.data.data_dir to a directory where imagenet2012 is already prepared. "
-                f"See docs/data.md.")
-    return (f"With internet access run:\n  {command}\n(or run it elsewhere and copy the folder "
-            f"{data_dir}/{name} here), or set config.data.data_dir to a directory where it is "
-            f"prepared. See docs/data.md.")
+        return (f"put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (image-net.org) in "
+                f"{manual} and run `{command} --manual_dir {manual}`, or set config.data.data_dir "
+                f"to where it is prepared (docs/data.md)")
+    return (f"run `{command}` (needs internet; or copy a prepared {data_dir}/{name} here), or set "
+            f"config.data.data_dir to where it is prepared (docs/data.md)")

@@ -257,6 +257,6 @@ def open_source(data_config) -> Source:
         data_dir = str(builder.data_dir_root)
         raise ConfigError(
             f"config.data.data_dir={data_config.data_dir!r}: {name} is not prepared in {data_dir} "
-            f"(no {builder.data_dir}/dataset_info.json). "
+            f"(no {builder.data_dir}/dataset_info.json): "
             + catalog.prepare_instructions(data_config, name, data_dir))
     return TFDSSource(builder, data_config.shuffle_buffer)

@@ -10,21 +10,22 @@ from typing import Optional, Sequence
 import ml_collections
 
 from resnet_jax.config import base_config
+from resnet_jax.errors import ConfigError
 
 
 def choose(arg: Optional[str], allowed: Sequence[Sequence[str]],
            defaults: Sequence[Optional[str]], family: str) -> tuple[str, ...]:
     """Parse "a,b" into one value per position of `allowed`; missing trailing parts take `defaults`
-    (None: required). Raises ValueError listing the allowed values of `family` (a config file)."""
+    (None: required). Raises ConfigError listing the allowed values of `family` (a config file)."""
     parts = [p.strip() for p in arg.split(",")] if arg else []
     usage = ",".join("{" + "|".join(a) + "}" for a in allowed)
     if len(parts) > len(allowed):
-        raise ValueError(f"{family}: too many parts in {arg!r}; expected {usage}")
+        raise ConfigError(f"{family}: too many parts in {arg!r}; expected {usage}")
     chosen = []
     for i, options in enumerate(allowed):
         value = parts[i] if i < len(parts) else defaults[i]
         if value not in options:
-            raise ValueError(f"{family}: {value!r} is not allowed; expected {usage} "
+            raise ConfigError(f"{family}: {value!r} is not allowed; expected {usage} "
                              f"(e.g. {family}:{','.join(a[0] for a in allowed)})")
         chosen.append(value)
     return tuple(chosen)

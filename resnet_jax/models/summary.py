@@ -42,6 +42,16 @@ class ModelSummary:
     def macs(self) -> int:
         return sum(r.macs for r in self.rows)
 
+    @property
+    def forward_flops(self) -> int:
+        """FLOPs of one image's forward pass: 2 per multiply-accumulate."""
+        return 2 * self.macs
+
+    @property
+    def train_flops(self) -> int:
+        """FLOPs of one image's training step: the forward pass and a backward pass of twice it."""
+        return 3 * self.forward_flops
+
     def format(self) -> str:
         lines = [f"{self.name} at {self.image_size}x{self.image_size} (per image)",
                  f"{'stage':<10}{'output shape':>22}{'parameters':>16}{'MACs':>18}"]
@@ -115,9 +125,9 @@ def summarize(name: str, image_size: int = 224, channels: int = 3, **options) ->
 
 def flops_per_example(name: str, image_size: int, channels: int = 3,
                       **options) -> tuple[int, int]:
-    """(forward FLOPs, training FLOPs) per image: 2 FLOPs per MAC; training is 3x the forward."""
-    forward = 2 * summarize(name, image_size, channels, **options).macs
-    return forward, 3 * forward
+    """(forward FLOPs, training FLOPs) per image (ModelSummary.forward_flops, train_flops)."""
+    summary = summarize(name, image_size, channels, **options)
+    return summary.forward_flops, summary.train_flops
 
 
 def main(argv=None) -> None:

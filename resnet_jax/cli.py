@@ -1,0 +1,100 @@
+"""Command-line entry points: absl flags, and errors a researcher can act on.
+
+`run(main)` stands in for `absl.app.run(main)` in every command. A bad flag, a config override that
+names no field (with ml_collections' "did you mean"), a config file that cannot be loaded, and any
+`UserError` raised by `main` print `<program>: error: <message>` on stderr and exit with status 2,
+without a traceback. Any other exception is an internal error and keeps its traceback.
+"""
+
+import os
+import re
+import sys
+from typing import Callable, NoReturn
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from resnet_jax.errors import UserError
+
+USAGE_EXIT_CODE = 2
+# An override error that ml_collections raised while defining --config (it applies the overrides in
+# sys.argv to the default file right there); parse_flags reports it.
+_definition_errors: list[BaseException] = []
+
+
+def define_config_flag(default: str, help_text: str) -> None:
+    """--config: an ml_collections config file (`file.py[:arg]`), locked so that an override naming
+    no field is an error; `default` is used when --config is not given."""
+    try:
+        config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
+    except (AttributeError, KeyError) as e:
+        _definition_errors.append(e)
+
+
+def program_name() -> str:
+    """'train.py' for a script, 'python -m resnet_jax.benchmark' for a module run with -m."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if spec else os.path.basename(sys.argv[0])
+
+
+def fail(message: str) -> NoReturn:
+    """Print `<program>: error: <message>` on stderr and exit with status 2."""
+    print(f"{program_name()}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT_CODE)
+
+
+def _innermost(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _last_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[-1].strip()
+
+
+def _unknown_override(argv: list[str], error: BaseException) -> str:
+    """The message for a --config.<field> override that names no field: ml_collections raises an
+    AttributeError or KeyError whose text holds the name in quotes and a "Did you mean ..."."""
+    text = str(error).replace("\\'", "'").replace("\\n", " ")
+    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    quoted = re.search(r"'([A-Za-z_][\w]*)'", text)
+    name = suggestion.group(2) if suggestion else quoted.group(1) if quoted else text
+    flag = next((a.split("=")[0] for a in argv
+                 if re.match(rf"--config\.(.+\.)?{re.escape(name)}(=|$)", a)), "--config")
+    hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+    return f"{flag}: the config has no field {name!r}{hint}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every user error reported by `fail`. A --config file is loaded
+    here too (ml_collections defers the error of one that cannot be loaded to its first use)."""
+    if _definition_errors:
+        fail(_unknown_override(argv, _definition_errors[0]))
+    try:
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+            flags.FLAGS.config.keys()  # raises the load error of a file that failed
+        return rest
+    except flags.Error as e:
+        if "Traceback" not in str(e):  # absl's own: an unknown flag, a value of the wrong type
+            fail(_last_line(e))
+        if isinstance(_innermost(e), UserError):  # a config file rejecting its argument
+            fail(_last_line(_innermost(e)))
+        raise  # anything else raised inside a config file is a bug there: keep its traceback
+    except (AttributeError, KeyError) as e:
+        fail(_unknown_override(argv, e))
+    except OSError as e:
+        fail(f"--config: {_last_line(_innermost(e))}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """absl.app.run(main), with flag errors and UserErrors from `main` as one line and exit 2."""
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except UserError as e:
+            fail(str(e))
+
+    app.run(guarded, flags_parser=parse_flags)

@@ -1,0 +1,138 @@
+"""What a run prints, on process 0 only: its plan (the start-up header, and --dry_run), a progress bar
+on a terminal (tqdm), a line per log and eval step, and the final summary. Other processes print
+nothing but errors; messages a researcher would filter go through absl logging instead.
+"""
+
+import dataclasses
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+from tqdm import tqdm
+
+from resnet_jax import optim
+from resnet_jax.config import model_options, validate_config
+from resnet_jax.data import DataPlan, HostSlice, plan_data
+from resnet_jax.data.base import steps_per_epoch
+from resnet_jax.models.summary import ModelSummary, summarize
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a config will do on the devices present, known before the first step."""
+
+    config: Any
+    data: DataPlan
+    model: ModelSummary
+    device_count: int
+    process_count: int
+    device_kind: str
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.data.num_train_examples, self.config.global_batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return optim.total_steps(self.config.schedule, self.steps_per_epoch)
+
+
+def plan_run(config, device_count: Optional[int] = None) -> RunPlan:
+    """Validate `config` (a dataset that is not prepared passes when its published sizes are known)
+    and read the sizes that the header and --dry_run print. `device_count`: all devices if None."""
+    device_count = device_count or jax.device_count()
+    validate_config(config, device_count=device_count, process_count=jax.process_count(),
+                    require_data=False)
+    hosts = HostSlice(config.global_batch_size, config.eval_batch_size, jax.process_index(),
+                      jax.process_count())
+    data = plan_data(config.data, hosts, config.seed)
+    size, _, channels = data.image_shape
+    model = summarize(config.model.name, size, channels, num_classes=data.num_classes,
+                      **model_options(config))
+    return RunPlan(config, data, model, device_count, jax.process_count(),
+                   jax.devices()[0].device_kind)
+
+
+def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int]) -> str:
+    """The start-up header: model, devices, batch, data, length, schedule, workdir, resumption."""
+    c, d = plan.config, plan.data
+    size, _, channels = d.image_shape
+    per_process = plan.device_count // plan.process_count
+    if workdir is None:
+        where = "workdir:  none (--dry_run)"
+    elif resume_step is None:
+        where = f"workdir:  {workdir} (new run)"
+    else:
+        where = f"workdir:  {workdir} (resuming from step {resume_step:,})"
+    return "\n".join([
+        f"model:    {c.model.name}, {plan.model.params:,} parameters, "
+        f"{plan.model.macs / 1e6:,.1f} M MACs per {size}x{size}x{channels} image, {c.model.dtype}",
+        f"devices:  {plan.process_count} process(es) x {per_process} {plan.device_kind} device(s) "
+        f"= {plan.device_count}; global batch {c.global_batch_size} = "
+        f"{c.global_batch_size // plan.device_count} per device",
+        f"data:     {c.data.dataset}: {d.num_train_examples:,} train / {d.num_eval_examples:,} eval "
+        f"examples, {d.num_classes} classes ({d.origin})",
+        f"length:   {plan.total_steps:,} steps = {plan.total_steps / plan.steps_per_epoch:,.2f} "
+        f"epochs of {plan.steps_per_epoch:,} steps",
+        f"schedule: {optim.describe_in_one_line(c.schedule, c.optimizer, c.global_batch_size)}",
+        where,
+    ])
+
+
+def dry_run_report(plan: RunPlan) -> str:
+    """--dry_run: the resolved config, the header, the model summary and the schedule."""
+    c = plan.config
+    return "\n\n".join([
+        "Resolved config:\n" + str(c),
+        header(plan, None, None),
+        "Model:\n" + plan.model.format(),
+        "Schedule:\n" + optim.describe_schedule(c.schedule, plan.steps_per_epoch,
+                                                c.global_batch_size),
+    ])
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Console:
+    """Process 0's output during a run: a tqdm bar on a terminal, and lines above it."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.enabled = jax.process_index() == 0
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        disable=not (self.enabled and sys.stdout.isatty()), file=sys.stdout)
+
+    def print(self, line: str) -> None:
+        if self.enabled:
+            self.bar.write(line, file=sys.stdout)
+            sys.stdout.flush()
+
+    def advance(self, steps: int = 1) -> None:
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def final_summary(workdir: str, step: int, total_steps: int, wall_seconds: float,
+                  records: Sequence[dict], checkpoint_dir: Optional[str]) -> str:
+    """The closing lines: the final and best eval top-1/top-5 with their steps, wall time, mean
+    images/s, the last checkpoint and the eval.py command for it. `records`: metrics.jsonl's."""
+    evals = [r for r in records if r["split"] == "eval"]
+    speeds = [r["images_per_sec"] for r in records if r["split"] == "train" and
+              "images_per_sec" in r]
+    state = "complete" if step >= total_steps else "stopped"
+    lines = [f"run {state} at step {step:,} of {total_steps:,}; this session's wall time "
+             f"{format_duration(wall_seconds)}"
+             + (f", mean {sum(speeds) / len(speeds):,.0f} images/s" if speeds else "")]
+    if evals:
+        final, best = evals[-1], max(evals, key=lambda r: r["top1"])
+        lines.append(f"eval:     final top-1 {100 * final['top1']:.2f}% top-5 "
+                     f"{100 * final['top5']:.2f}% (step {final['step']:,}); best top-1 "
+                     f"{100 * best['top1']:.2f}% (step {best['step']:,})")
+    if checkpoint_dir:
+        lines.append(f"checkpoint: {checkpoint_dir}")
+        lines.append(f"evaluate:   python eval.py --workdir {workdir}")
+    return "\n".join(lines)
