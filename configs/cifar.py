@@ -23,7 +23,7 @@ Expected time (estimate, not measured): 64k steps x 128 = 8.2M images; ResNet-11
 11x ResNet-110.
 """
 
-from resnet_jax.experiments.recipes import choose, paper_cifar
+from resnet_jax.config import base_config, choose
 
 DEPTHS = {"resnet": (20, 32, 44, 56, 110, 1202), "plain": (20, 32, 44, 56, 110)}
 MODELS = tuple(f"{kind}{d}" for kind, depths in DEPTHS.items() for d in depths)
@@ -32,4 +32,34 @@ WARMUP_STEPS = {"resnet110": 400, "resnet1202": 400}
 
 def get_config(arg=None):
     (model,) = choose(arg, [MODELS], [None], "configs/cifar.py")
-    return paper_cifar(f"cifar_{model}", "cifar10", WARMUP_STEPS.get(model, 0))
+    return paper_recipe(f"cifar_{model}", "cifar10", WARMUP_STEPS.get(model, 0))
+
+
+def paper_recipe(model: str, dataset: str, warmup_steps: int):
+    """The recipe above for `model` on `dataset`, with `warmup_steps` at lr 0.01 (configs/cifar_preact.py
+    shares it)."""
+    c = base_config()
+    c.model.name = model
+    c.data.dataset = dataset
+    c.data.image_size = 32
+    c.data.train_augment = "cifar"
+    c.data.normalization = "per_pixel_mean"
+    c.data.eval_crop = "center"
+    c.global_batch_size = 128
+    c.eval_batch_size = 1000  # 10 batches of the 10,000 test images
+    c.schedule.name = "piecewise"
+    c.schedule.unit = "steps"
+    c.schedule.length = 64000.0
+    c.schedule.boundaries = (32000.0, 48000.0)
+    c.schedule.base_lr = 0.1
+    c.schedule.base_batch_size = 128
+    if warmup_steps:
+        c.schedule.warmup = float(warmup_steps)
+        c.schedule.warmup_mode = "constant"
+        c.schedule.warmup_factor = 0.1
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.log_every_steps = 100
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 2000
+    return c

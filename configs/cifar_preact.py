@@ -15,7 +15,8 @@ Expected time: He et al. 2016 report about 27 hours for ResNet-1001 on 2 GPUs of
 ResNet-164 costs about a sixth of that (estimate from depth).
 """
 
-from resnet_jax.experiments.recipes import choose, paper_cifar
+from configs import cifar
+from resnet_jax.config import choose
 
 MODELS = ("resnet164", "resnet1001")
 DATASETS = ("cifar10", "cifar100")
@@ -23,4 +24,4 @@ DATASETS = ("cifar10", "cifar100")
 
 def get_config(arg=None):
     model, dataset = choose(arg, [MODELS, DATASETS], [None, "cifar10"], "configs/cifar_preact.py")
-    return paper_cifar(f"cifar_preact_{model}", dataset, warmup_steps=400)
+    return cifar.paper_recipe(f"cifar_preact_{model}", dataset, warmup_steps=400)

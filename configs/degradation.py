@@ -17,11 +17,28 @@ with other jobs): the four runs took 7.5 minutes in all; median step 61 ms (ResN
 (plain-20), 164 ms (ResNet-56), 412 ms (plain-56), plus 20-60 s of start-up and compilation per run.
 """
 
-from resnet_jax.experiments.recipes import choose, digits_degradation
+from resnet_jax.config import base_config, choose
 
 MODELS = ("plain20", "plain56", "plain110", "resnet20", "resnet56", "resnet110")
 
 
 def get_config(arg=None):
     (model,) = choose(arg, [MODELS], [None], "configs/degradation.py")
-    return digits_degradation(f"cifar_{model}")
+    c = base_config()
+    c.model.name = f"cifar_{model}"
+    c.data.dataset = "digits"
+    c.data.max_shift = 0
+    c.global_batch_size = 128
+    c.eval_batch_size = 360
+    c.schedule.name = "constant"
+    c.schedule.unit = "steps"
+    c.schedule.length = 400.0
+    c.schedule.boundaries = ()
+    c.schedule.base_lr = 0.1
+    c.schedule.base_batch_size = 128
+    c.log_every_steps = 10
+    c.eval_every_steps = 50
+    c.checkpoint_every_steps = 200
+    c.keep_checkpoints = 2
+    c.tensorboard = False
+    return c

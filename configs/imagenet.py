@@ -6,8 +6,9 @@
 Recipe: batch 256, SGD momentum 0.9, lr 0.1 per 256 images, weight decay 1e-4, 90 epochs. The paper
 divides the lr by 10 "when the error plateaus"; that became the usual fixed /10 at epochs 30 and 60
 (torchvision's reference; some runs add /10 at 80). Option B shortcuts, BN over groups of 32 images
-(the paper's 8 GPUs x 32), scale augmentation "paper_imagenet" (no colour augmentation); centre crop
-during training, 10-crop with the eval.py command above.
+(the paper's 8 GPUs x 32), scale augmentation "paper_imagenet" with AlexNet's PCA colour noise (the paper's "standard color
+augmentation"), per-pixel mean subtraction as the paper; centre crop during training, 10-crop with
+the eval.py command above.
 Bottleneck models are v1.5 (stride on the 3x3), as torchvision; --config.model.variant=v1 gives the
 paper's own. Needs imagenet2012 prepared (python -m resnet_jax.data.prepare --dataset imagenet2012).
 
@@ -20,11 +21,33 @@ A100/H100), so expect roughly twice that, or --config.model.dtype=bfloat16. ResN
 scale with their MACs (1.8/3.6/7.6/11.3 G against 3.8 G).
 """
 
-from resnet_jax.experiments.recipes import choose, paper_imagenet
+from resnet_jax.config import base_config, choose
 
 MODELS = ("resnet50", "resnet18", "resnet34", "resnet101", "resnet152")
 
 
 def get_config(arg=None):
     (model,) = choose(arg, [MODELS], [MODELS[0]], "configs/imagenet.py")
-    return paper_imagenet(model)
+    c = base_config()
+    c.model.name = model
+    c.model.shortcut = "B"
+    c.model.bn_group_size = 32
+    c.data.dataset = "imagenet2012"
+    c.data.image_size = 224
+    c.data.train_augment = "paper_imagenet"  # scale augmentation, flip, PCA colour noise
+    c.data.normalization = "per_pixel_mean"  # the paper: "the per-pixel mean subtracted"
+    c.data.eval_crop = "center"
+    c.global_batch_size = 256
+    c.eval_batch_size = 400  # 125 batches of the 50,000 validation images
+    c.schedule.name = "piecewise"
+    c.schedule.unit = "epochs"
+    c.schedule.length = 90.0
+    c.schedule.boundaries = (30.0, 60.0)
+    c.schedule.base_lr = 0.1
+    c.schedule.base_batch_size = 256
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.log_every_steps = 100
+    c.eval_every_steps = None  # every epoch
+    c.checkpoint_every_steps = 5000
+    return c

@@ -13,11 +13,27 @@ Expected time (estimate, not measured): 115M images at about 2,400 img/s on one 
 precision (NVIDIA DLE), about 13 hours; on 8 H100s about 35 minutes at the MLPerf per-chip rate.
 """
 
-from resnet_jax.experiments.recipes import choose, modern_imagenet
+from configs import imagenet
+from resnet_jax.config import choose
 
 MODELS = ("resnet50",)
 
 
 def get_config(arg=None):
     (model,) = choose(arg, [MODELS], [MODELS[0]], "configs/imagenet_modern.py")
-    return modern_imagenet(model)
+    c = imagenet.get_config(model)
+    c.model.dtype = "bfloat16"
+    c.model.zero_init_residual = True
+    c.model.bn_group_size = None
+    c.data.train_augment = "inception"
+    c.data.normalization = "per_channel"
+    c.global_batch_size = 1024
+    c.eval_batch_size = 1000
+    c.label_smoothing = 0.1
+    c.schedule.name = "cosine"
+    c.schedule.boundaries = ()
+    c.schedule.warmup = 5.0
+    c.schedule.warmup_mode = "linear"
+    c.optimizer.nesterov = True
+    c.optimizer.exclude_bn_and_bias = True
+    return c

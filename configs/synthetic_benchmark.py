@@ -14,7 +14,7 @@ few hundred img/s (measured: tests/test_configs.py runs it).
 Expected time: 100 steps of ResNet-50 at batch 256 take about 10 s plus compilation on an A100.
 """
 
-from resnet_jax.experiments.recipes import choose, synthetic_benchmark
+from resnet_jax.config import base_config, choose
 
 MODELS = ("resnet50", "resnet18", "resnet101", "resnet152", "cifar_resnet20", "cifar_resnet56",
           "cifar_resnet110")
@@ -22,4 +22,24 @@ MODELS = ("resnet50", "resnet18", "resnet101", "resnet152", "cifar_resnet20", "c
 
 def get_config(arg=None):
     (model,) = choose(arg, [MODELS], [MODELS[0]], "configs/synthetic_benchmark.py")
-    return synthetic_benchmark(model)
+    cifar = model.startswith("cifar_")
+    c = base_config()
+    c.model.name = model
+    c.model.dtype = "float32" if cifar else "bfloat16"
+    c.data.dataset = "synthetic"
+    c.data.image_size = 32 if cifar else 224
+    c.data.num_classes = 10 if cifar else 1000
+    c.global_batch_size = 128 if cifar else 256
+    c.eval_batch_size = c.global_batch_size
+    c.data.num_train_examples = 8 * c.global_batch_size
+    c.data.num_eval_examples = c.global_batch_size
+    c.schedule.name = "constant"
+    c.schedule.unit = "steps"
+    c.schedule.length = 100.0
+    c.schedule.boundaries = ()
+    c.schedule.base_batch_size = c.global_batch_size
+    c.log_every_steps = 10
+    c.eval_every_steps = 100
+    c.checkpoint_every_steps = 1000
+    c.tensorboard = False
+    return c

@@ -6,7 +6,7 @@ against the schema and against the devices present, before any compute, and rais
 naming the field and what is allowed.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -203,3 +203,21 @@ def validate_config(config, device_count: Optional[int] = None,
         if per_device % group:
             raise ConfigError(f"config.model.bn_group_size={group} must divide the per-device batch "
                               f"{per_device} (global_batch_size / {device_count} devices)")
+
+
+def choose(arg: Optional[str], allowed: Sequence[Sequence[str]],
+           defaults: Sequence[Optional[str]], family: str) -> tuple[str, ...]:
+    """Parse "a,b" into one value per position of `allowed`; missing trailing parts take `defaults`
+    (None: required). Raises ConfigError listing the allowed values of `family` (a config file)."""
+    parts = [p.strip() for p in arg.split(",")] if arg else []
+    usage = ",".join("{" + "|".join(a) + "}" for a in allowed)
+    if len(parts) > len(allowed):
+        raise ConfigError(f"{family}: too many parts in {arg!r}; expected {usage}")
+    chosen = []
+    for i, options in enumerate(allowed):
+        value = parts[i] if i < len(parts) else defaults[i]
+        if value not in options:
+            raise ConfigError(f"{family}: {value!r} is not allowed; expected {usage} "
+                             f"(e.g. {family}:{','.join(a[0] for a in allowed)})")
+        chosen.append(value)
+    return tuple(chosen)

@@ -87,7 +87,8 @@ def test_recipes_match_the_papers():
     assert (r50.global_batch_size, r50.schedule.boundaries, r50.schedule.length) == (
         256, (30.0, 60.0), 90.0)
     assert (r50.model.shortcut, r50.model.bn_group_size, r50.data.train_augment) == (
-        "B", 32, "paper_imagenet")
+        "B", 32, "paper_imagenet")  # scale augmentation with the paper's PCA colour noise
+    assert r56.data.normalization == r50.data.normalization == "per_pixel_mean"  # the paper's
     modern = load("imagenet_modern.py").get_config()
     assert modern.optimizer.nesterov and modern.optimizer.exclude_bn_and_bias
     assert (modern.schedule.name, modern.schedule.warmup, modern.label_smoothing) == (

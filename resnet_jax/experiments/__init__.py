@@ -1,2 +1,2 @@
-"""Experiment tooling: the paper's recipes shared by configs/, sweeps, error-curve plots, and the
-gradient-flow analysis of plain and residual networks."""
+"""Experiment tooling: sweeps, error-curve plots, and the gradient-flow analysis of plain and
+residual networks. The recipes themselves are the files under configs/."""
