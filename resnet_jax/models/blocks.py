@@ -44,50 +44,59 @@ class ResidualBlockBase(nn.Module):
     norm: Callable[..., BatchNorm] = BatchNorm
     dtype: Any = jnp.float32
 
+    expansion = 1  # output channels per "plane" of the stage
+
     def branch_layers(self) -> Sequence[tuple[int, int, int, int]]:
         """(kernel, output channels, stride, groups) of each convolution on the residual branch."""
         raise NotImplementedError
 
     def _shortcut(self, x: jnp.ndarray, preactivated: jnp.ndarray) -> jnp.ndarray | None:
+        """The shortcut path of `x` (None for "none"); a projection reads `preactivated`, which is
+        `x` itself in post-activation order. Names outside SHORTCUTS are rejected by the registry
+        (and raise KeyError here)."""
         changes_shape = self.stride != 1 or x.shape[-1] != self.features
-        if self.shortcut == "none":
+        path = {"none": "none", "A": "pad" if changes_shape else "identity",
+                "B": "project" if changes_shape else "identity", "C": "project"}[self.shortcut]
+        if path == "none":
             return None
-        if self.shortcut == "C" or (self.shortcut == "B" and changes_shape):
-            proj = conv(self.features, 1, self.stride, dtype=self.dtype, name="shortcut_conv")
-            if self.preact:
-                return proj(preactivated)
-            return self.norm(name="shortcut_bn")(proj(x))
-        if changes_shape:
+        if path == "identity":
+            return x
+        if path == "pad":
             return subsample_and_zero_pad(x, self.features, self.stride)
-        return x
+        projected = conv(self.features, 1, self.stride, dtype=self.dtype,
+                         name="shortcut_conv")(preactivated)
+        return projected if self.preact else self.norm(name="shortcut_bn")(projected)
 
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        if self.shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+    def _pre_activation(self, x: jnp.ndarray) -> jnp.ndarray:
+        """BN, ReLU, conv for each layer; the shortcut bypasses the first BN-ReLU."""
         layers = self.branch_layers()
-        last = len(layers)
-        zero = nn.initializers.zeros
-        if self.preact:
-            h = x if self.skip_preact else nn.relu(self.norm(name="bn1")(x))
-            residual = self._shortcut(x, h)
-            for i, (kernel, features, stride, groups) in enumerate(layers, start=1):
-                if i > 1:
-                    h = nn.relu(self.norm(name=f"bn{i}")(h))
-                init = zero if (i == last and self.zero_init_residual) else he_normal_fan_out
-                h = conv(features, kernel, stride, groups, dtype=self.dtype, name=f"conv{i}",
-                         kernel_init=init)(h)
-            return h if residual is None else h + residual.astype(h.dtype)
+        h = x if self.skip_preact else nn.relu(self.norm(name="bn1")(x))
+        residual = self._shortcut(x, h)
+        for i, (kernel, features, stride, groups) in enumerate(layers, start=1):
+            if i > 1:
+                h = nn.relu(self.norm(name=f"bn{i}")(h))
+            zero = i == len(layers) and self.zero_init_residual
+            h = conv(features, kernel, stride, groups, dtype=self.dtype, name=f"conv{i}",
+                     kernel_init=nn.initializers.zeros if zero else he_normal_fan_out)(h)
+        return h if residual is None else h + residual.astype(h.dtype)
 
+    def _post_activation(self, x: jnp.ndarray) -> jnp.ndarray:
+        """conv, BN (, ReLU) for each layer, then the sum with the shortcut and a ReLU."""
+        layers = self.branch_layers()
         h = x
         for i, (kernel, features, stride, groups) in enumerate(layers, start=1):
             h = conv(features, kernel, stride, groups, dtype=self.dtype, name=f"conv{i}")(h)
-            scale_init = zero if (i == last and self.zero_init_residual) else nn.initializers.ones
-            h = self.norm(name=f"bn{i}", scale_init=scale_init)(h)
-            if i < last:
+            zero = i == len(layers) and self.zero_init_residual
+            h = self.norm(name=f"bn{i}", scale_init=nn.initializers.zeros if zero
+                          else nn.initializers.ones)(h)
+            if i < len(layers):
                 h = nn.relu(h)
         residual = self._shortcut(x, x)
         return nn.relu(h if residual is None else h + residual.astype(h.dtype))
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return self._pre_activation(x) if self.preact else self._post_activation(x)
 
 
 class BasicBlock(ResidualBlockBase):
@@ -106,6 +115,7 @@ class BottleneckBlock(ResidualBlockBase):
       stride_on_3x3: v1.5 (torchvision) strides the 3x3; v1 (the paper's models) strides the first 1x1.
     """
 
+    expansion = 4
     width: int = 64
     groups: int = 1
     stride_on_3x3: bool = True

@@ -12,10 +12,9 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models.blocks import SHORTCUTS, block_class
+from resnet_jax.models.blocks import block_class
 from resnet_jax.models.layers import BatchNorm, conv
 
-EXPANSION = {"basic": 1, "bottleneck": 4}
 STEMS = ("imagenet", "cifar")
 
 
@@ -24,7 +23,7 @@ class ResNet(nn.Module):
 
     Attributes:
       stage_sizes: blocks per stage.
-      stage_planes: planes per stage; a stage outputs planes * EXPANSION[block] channels.
+      stage_planes: planes per stage; a stage outputs planes * the block's expansion channels.
       block: "basic" or "bottleneck".
       stem: "imagenet" or "cifar".
       num_classes: classifier outputs.
@@ -58,8 +57,6 @@ class ResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if self.shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         norm = partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, group_size=self.bn_group_size, dtype=self.dtype)
         x = x.astype(self.dtype)
@@ -73,7 +70,6 @@ class ResNet(nn.Module):
                 x = nn.relu(norm(name="stem_bn")(x))
 
         block_cls = block_class(self.block)
-        expansion = EXPANSION[self.block]
         extra = {}
         for s, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes)):
             if self.block == "bottleneck":
@@ -81,7 +77,7 @@ class ResNet(nn.Module):
                 extra = dict(width=width, groups=self.groups, stride_on_3x3=self.stride_on_3x3)
             for b in range(num_blocks):
                 x = block_cls(
-                    features=planes * expansion,
+                    features=planes * block_cls.expansion,
                     stride=2 if (s > 0 and b == 0) else 1,
                     shortcut=self.shortcut,
                     preact=self.preact,
