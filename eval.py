@@ -40,8 +40,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only manager.
     parallel.initialize_from_flags()

@@ -5,7 +5,7 @@ multi-host job: JAX finds SLURM, Open MPI, Kubernetes and Cloud TPU pods by itse
 --coordinator_address, --num_processes and --process_id.
 """
 
-from absl import flags, logging
+from absl import flags
 
 from resnet_jax import cli, parallel
 from resnet_jax.errors import UserError
@@ -20,12 +20,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    del argv
     if not FLAGS.dry_run and not FLAGS.workdir:
         raise UserError("--workdir is required (or use --dry_run)")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     parallel.initialize_from_flags()
     from resnet_jax import console, training
 

@@ -20,7 +20,6 @@ are the peak so far. MFU = model FLOPs per second per device (6 x forward MACs p
 step, 2 x for eval) over the device's dense bfloat16 peak (training.PEAK_FLOPS), whatever the dtype.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -35,9 +34,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from resnet_jax import experiment, parallel, training
+from resnet_jax import cli, experiment, parallel, training
 from resnet_jax.config import base_config
+from resnet_jax.errors import FlagError
 from resnet_jax.models.registry import DTYPES, get_spec
 from resnet_jax.models.summary import count_params, flops_per_example
 
@@ -63,33 +64,36 @@ class Options:
 
 
 def validate(opts: Options, available_devices: int) -> None:
-    """Raise ValueError naming the first bad option, before anything is built or compiled.
+    """Raise FlagError naming the first bad option, before anything is built or compiled.
 
     Touches no device: `available_devices` is the number of devices the run could use."""
-    get_spec(opts.model)
+    try:
+        get_spec(opts.model)
+    except ValueError as e:
+        raise FlagError(f"--model: {e}") from None
     if opts.dtype not in DTYPES:
-        raise ValueError(f"--dtype {opts.dtype!r} is not allowed; expected one of {sorted(DTYPES)}")
+        raise FlagError(f"--dtype {opts.dtype!r} is not allowed; expected one of {sorted(DTYPES)}")
     if opts.mode not in MODES:
-        raise ValueError(f"--mode {opts.mode!r} is not allowed; expected one of {MODES}")
+        raise FlagError(f"--mode {opts.mode!r} is not allowed; expected one of {MODES}")
     for name in ("steps", "windows", "image_size", "num_classes", "devices", "bn_group_size"):
         value = getattr(opts, name)
         if value is not None and value < 1:
-            raise ValueError(f"--{name} {value} is not allowed; expected a positive int")
+            raise FlagError(f"--{name} {value} is not allowed; expected a positive int")
     if opts.warmup < 0:
-        raise ValueError(f"--warmup {opts.warmup} is not allowed; expected an int >= 0")
+        raise FlagError(f"--warmup {opts.warmup} is not allowed; expected an int >= 0")
     count = opts.devices or available_devices
     if count > available_devices:
-        raise ValueError(f"--devices {count} asks for more than the {available_devices} local "
+        raise FlagError(f"--devices {count} asks for more than the {available_devices} local "
                          f"device(s) (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
                          f"gives N)")
     if not opts.batch_sizes:
-        raise ValueError("--batch_size needs at least one size")
+        raise FlagError("--batch_size needs at least one size")
     for batch in opts.batch_sizes:
         if batch < 1 or batch % count:
-            raise ValueError(f"--batch_size {batch} is not a positive multiple of the {count} "
+            raise FlagError(f"--batch_size {batch} is not a positive multiple of the {count} "
                              f"device(s); the batch is global and split evenly over them")
         if opts.bn_group_size and (batch // count) % opts.bn_group_size:
-            raise ValueError(f"--bn_group_size {opts.bn_group_size} does not divide the per-device "
+            raise FlagError(f"--bn_group_size {opts.bn_group_size} does not divide the per-device "
                              f"batch {batch // count} (--batch_size {batch} over {count} "
                              f"device(s))")
 
@@ -287,36 +291,34 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def define_flags() -> None:
+    """The command's flags (also read by resnet_jax.torch_reference)."""
+    flags.DEFINE_string("model", None, "A registered name, e.g. resnet50.", required=True)
+    flags.DEFINE_list("batch_size", ["128"], "Global batch size(s), comma-separated to sweep.")
+    flags.DEFINE_integer("image_size", None, "Default 224 (ImageNet models), 32 (CIFAR).")
+    flags.DEFINE_string("dtype", "float32", f"One of {sorted(DTYPES)}.")
+    flags.DEFINE_string("mode", "both", f"One of {MODES}.")
+    flags.DEFINE_integer("steps", 20, "Timed steps.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+    flags.DEFINE_integer("windows", 5, "Timed windows, each ended by block_until_ready.")
+    flags.DEFINE_integer("devices", None, "Use the first N local devices (default all).")
+    flags.DEFINE_integer("bn_group_size", None, "Examples per BatchNorm group.")
+    flags.DEFINE_integer("num_classes", None, "Default: the model's own.")
+    flags.DEFINE_integer("seed", 0, "Seed of the parameters and the synthetic batch.")
+    flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def options_from_flags() -> tuple[Options, Optional[str]]:
+    """The flags of define_flags -> (Options, the --json path or None)."""
+    f = flags.FLAGS
     try:
-        return tuple(int(part) for part in text.split(","))
+        batch_sizes = tuple(int(b) for b in f.batch_size)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected ints separated by commas, got {text!r}") from None
-
-
-def parse_args(argv=None) -> tuple[Options, Optional[str]]:
-    """Command-line flags -> (Options, the --json path or None)."""
-    parser = argparse.ArgumentParser(prog="python -m resnet_jax.benchmark",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a registered name, e.g. resnet50")
-    parser.add_argument("--batch_size", type=_int_list, default=(128,),
-                        help="global batch size(s), comma-separated to sweep: 64,128 (default 128)")
-    parser.add_argument("--image_size", type=int, help="default 224 (ImageNet models), 32 (CIFAR)")
-    parser.add_argument("--dtype", default="float32", help=f"one of {sorted(DTYPES)}")
-    parser.add_argument("--mode", default="both", help=f"one of {MODES} (default both)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
-    parser.add_argument("--windows", type=int, default=5,
-                        help="timed windows, each ended by block_until_ready (default 5)")
-    parser.add_argument("--devices", type=int, help="use the first N local devices (default all)")
-    parser.add_argument("--bn_group_size", type=int, help="examples per BatchNorm group")
-    parser.add_argument("--num_classes", type=int, help="default: the model's own")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    args = vars(parser.parse_args(argv))
-    path = args.pop("json")
-    return Options(batch_sizes=args.pop("batch_size"), **args), path
+        raise FlagError(f"--batch_size={','.join(f.batch_size)}: expected ints separated by "
+                        "commas") from None
+    names = ("model", "image_size", "dtype", "mode", "steps", "warmup", "windows", "devices",
+             "bn_group_size", "num_classes", "seed")
+    return Options(batch_sizes=batch_sizes, **{n: f[n].value for n in names}), f.json
 
 
 def report(result: dict[str, Any], json_path: Optional[str]) -> None:
@@ -327,14 +329,13 @@ def report(result: dict[str, Any], json_path: Optional[str]) -> None:
             json.dump(result, f, indent=2)
 
 
-def main(argv=None) -> None:
-    opts, json_path = parse_args(argv)
-    try:
-        validate(opts, jax.local_device_count())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+def main(argv) -> None:
+    del argv
+    opts, json_path = options_from_flags()
+    validate(opts, jax.local_device_count())
     report(run(opts), json_path)
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

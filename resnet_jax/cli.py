@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Callable, NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax.errors import UserError
@@ -89,9 +89,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """absl.app.run(main), with flag errors and UserErrors from `main` as one line and exit 2."""
+    """absl.app.run(main), with flag errors, stray positional arguments and UserErrors from `main`
+    as one line and exit 2; absl logs warnings and errors unless --verbosity says otherwise."""
 
     def guarded(argv):
+        if len(argv) > 1:
+            fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # JAX and Orbax log routine steps at INFO
         try:
             main(argv)
         except UserError as e:

@@ -15,6 +15,10 @@ class ConfigError(UserError, ValueError):
     """A config field has a value that is not allowed; the message names the field."""
 
 
+class FlagError(UserError, ValueError):
+    """A command-line flag has a value that is not allowed; the message names the flag."""
+
+
 class EvalError(UserError):
     """An evaluation request cannot be carried out; the message says why and what to do."""
 

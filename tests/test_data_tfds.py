@@ -4,6 +4,8 @@ manual_dir."""
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.data import HostSlice, build_pipeline
 from resnet_jax.data.image_files import synthetic_image
-from resnet_jax.data.prepare import main as prepare_main
+from train_cli import REPO
 
 MOCK_SPLITS = {"imagenet2012": {"train": 20, "validation": 10},
                "cifar10": {"train": 20, "test": 10}}
@@ -98,7 +100,11 @@ def test_imagenet2012_prepared_from_manual_archives(tmp_path):
     with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as val:
         for i in range(1, 6):
             tar_member(val, f"ILSVRC2012_val_{i:08d}.JPEG", jpeg(rng))
-    prepare_main(["--dataset", "imagenet2012", "--data_dir", data_dir, "--manual_dir", str(manual)])
+    done = subprocess.run([sys.executable, "-m", "resnet_jax.data.prepare", "--dataset", "imagenet2012",
+                           "--data_dir", data_dir, "--manual_dir", str(manual)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "imagenet2012 prepared in" in done.stdout
     c = config_for("imagenet2012", data_dir, image_size=48, train_augment="paper_imagenet",
                    shuffle_buffer=4)  # streamed from the prepared files
     pipeline, train, evals = first_batches(c)

@@ -17,7 +17,6 @@ on a machine shared with other work):
           epoch, and a least-squares cost per skipped example.
 """
 
-import argparse
 import json
 import os
 import resource
@@ -25,6 +24,10 @@ import tempfile
 import time
 
 import numpy as np
+from absl import flags
+
+from resnet_jax import cli
+from resnet_jax.errors import FlagError
 
 TFDS_NAME = "benchmark_jpegs"
 IMAGENET_SHUFFLE_BUFFER = 9_500  # the default buffer for ImageNet (1 GiB of its JPEGs)
@@ -80,8 +83,8 @@ def measure(args, root: str) -> dict:
     pipeline = build_pipeline(config.data, HostSlice(args.batch_size, args.batch_size), config.seed)
     steps = pipeline.steps_per_epoch
     if steps <= args.warmup:
-        raise SystemExit(f"--num_images {args.num_images} gives {steps} steps per epoch; need more "
-                         f"than --warmup {args.warmup}")
+        raise FlagError(f"--num_images {args.num_images} gives {steps} steps per epoch; need more "
+                        f"than --warmup {args.warmup}")
     batches = pipeline.train_batches(0)
     start = time.perf_counter()
     for _ in range(args.warmup):
@@ -124,27 +127,31 @@ def mean_jpeg_bytes(folder: str) -> float:
     return float(np.mean(sizes))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cores", type=int, help="pin to this many cores (default: all allowed)")
-    parser.add_argument("--num_images", type=int, default=2048, help="train images (an epoch)")
-    parser.add_argument("--num_eval_images", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--augment", default="inception",
-                        choices=("paper_imagenet", "inception", "cifar", "none"))
-    parser.add_argument("--source", default="tfds", choices=("tfds", "folder"))
-    parser.add_argument("--shuffle_buffer", type=int, default=IMAGENET_SHUFFLE_BUFFER,
-                        help="TFDS shuffle buffer; the default (ImageNet's) streams the records as "
-                             "ImageNet's are; 0: the pipeline's choice (holds a small set in memory)")
-    parser.add_argument("--warmup", type=int, default=2, help="batches not timed")
-    parser.add_argument("--timed_batches", type=int,
-                        help="stop timing after this many batches (default: the whole first epoch)")
-    parser.add_argument("--data_root", help="keep the generated images here (reused when present)")
-    parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_integer("cores", None, "Pin to this many cores (default: all allowed).")
+    flags.DEFINE_integer("num_images", 2048, "Train images (an epoch).")
+    flags.DEFINE_integer("num_eval_images", 256, "Eval images.")
+    flags.DEFINE_integer("batch_size", 64, "Batch size.")
+    flags.DEFINE_integer("image_size", 224, "Output image side.")
+    flags.DEFINE_enum("augment", "inception", ["paper_imagenet", "inception", "cifar", "none"],
+                      "Train augmentation.")
+    flags.DEFINE_enum("source", "tfds", ["tfds", "folder"], "Read a prepared TFDS copy or the folder.")
+    flags.DEFINE_integer("shuffle_buffer", IMAGENET_SHUFFLE_BUFFER,
+                         "TFDS shuffle buffer; the default (ImageNet's) streams the records as "
+                         "ImageNet's are; 0: the pipeline's choice (holds a small set in memory).")
+    flags.DEFINE_integer("warmup", 2, "Batches not timed.")
+    flags.DEFINE_integer("timed_batches", None,
+                         "Stop timing after this many batches (default: the whole first epoch).")
+    flags.DEFINE_string("data_root", None, "Keep the generated images here (reused when present).")
+    flags.DEFINE_string("json", None, "Also write the results to this file.")
+
+
+def main(argv) -> None:
+    del argv
+    args = flags.FLAGS
     if args.num_eval_images <= args.batch_size:
-        parser.error("--num_eval_images must exceed --batch_size (the first eval batch is not timed)")
+        raise FlagError("--num_eval_images must exceed --batch_size (the first eval batch is not "
+                        "timed)")
     allowed = sorted(os.sched_getaffinity(0))
     if args.cores and args.cores < len(allowed):
         os.sched_setaffinity(0, allowed[:args.cores])
@@ -159,8 +166,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)
-    return results
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -8,9 +8,11 @@ cifar10, cifar100 and most TFDS datasets are downloaded (internet access needed)
 from ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in --manual_dir (default DIR/downloads/manual).
 """
 
-import argparse
+from absl import flags
 
+from resnet_jax import cli
 from resnet_jax.data import catalog
+from resnet_jax.errors import FlagError
 
 
 def prepare(name: str, data_dir: str | None, manual_dir: str | None):
@@ -22,20 +24,24 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None):
     return builder
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True,
-                        choices=sorted(catalog.DATASETS.keys() - {"folder"}))
-    parser.add_argument("--tfds_name", help="TFDS dataset name, for --dataset tfds")
-    parser.add_argument("--data_dir", help="where TFDS datasets live (default ~/tensorflow_datasets)")
-    parser.add_argument("--manual_dir", help="manually downloaded archives (imagenet2012)")
-    args = parser.parse_args(argv)
-    name = catalog.DATASETS[args.dataset].tfds_name or args.tfds_name
+def define_flags() -> None:
+    flags.DEFINE_enum("dataset", None, sorted(catalog.DATASETS.keys() - {"folder"}),
+                      "The dataset to prepare.", required=True)
+    flags.DEFINE_string("tfds_name", None, "TFDS dataset name, for --dataset=tfds.")
+    flags.DEFINE_string("data_dir", None, "Where TFDS datasets live (default ~/tensorflow_datasets).")
+    flags.DEFINE_string("manual_dir", None, "Manually downloaded archives (imagenet2012).")
+
+
+def main(argv) -> None:
+    del argv
+    f = flags.FLAGS
+    name = catalog.DATASETS[f.dataset].tfds_name or f.tfds_name
     if not name:
-        parser.error("--dataset tfds needs --tfds_name")
-    builder = prepare(name, args.data_dir, args.manual_dir)
+        raise FlagError("--dataset=tfds needs --tfds_name")
+    builder = prepare(name, f.data_dir, f.manual_dir)
     print(f"{name} prepared in {builder.data_dir}: {builder.info.splits}")
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

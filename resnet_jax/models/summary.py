@@ -7,14 +7,16 @@ a convolution costs H_out * W_out * C_out * kh * kw * C_in / groups per image.
     python -m resnet_jax.models.summary --model resnet50 --image_size 224
 """
 
-import argparse
 import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import flags
 
+from resnet_jax import cli
+from resnet_jax.errors import FlagError
 from resnet_jax.models.registry import create_model, list_models
 
 
@@ -130,17 +132,26 @@ def flops_per_example(name: str, image_size: int, channels: int = 3,
     return summary.forward_flops, summary.train_flops
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="one of: " + ", ".join(list_models()))
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="input side in pixels (default: 224 for ImageNet models, 32 for CIFAR)")
-    parser.add_argument("--num_classes", type=int, default=None)
-    args = parser.parse_args(argv)
-    options = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    size = args.image_size or (32 if args.model.startswith("cifar_") else 224)
-    print(summarize(args.model, size, **options).format())
+def define_flags() -> None:
+    flags.DEFINE_string("model", None, "A registered model: " + ", ".join(list_models()),
+                        required=True)
+    flags.DEFINE_integer("image_size", None,
+                         "Input side in pixels (default: 224 for ImageNet models, 32 for CIFAR).")
+    flags.DEFINE_integer("num_classes", None, "Classifier outputs (default: the model's own).")
+
+
+def main(argv) -> None:
+    del argv
+    f = flags.FLAGS
+    options = {} if f.num_classes is None else {"num_classes": f.num_classes}
+    size = f.image_size or (32 if f.model.startswith("cifar_") else 224)
+    try:
+        summary = summarize(f.model, size, **options)
+    except ValueError as e:
+        raise FlagError(f"--model={f.model}: {e}") from None
+    print(summary.format())
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)
