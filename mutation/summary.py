@@ -5,13 +5,15 @@ Usage: python mutation/summary.py mutation/session.sqlite [--diffs]
 
 import collections
 import json
+import os
 import subprocess
 import sys
 
 
 def main() -> None:
     session = sys.argv[1]
-    dump = subprocess.run(["cosmic-ray", "dump", session], capture_output=True, text=True,
+    cosmic_ray = os.path.join(os.path.dirname(sys.executable), "cosmic-ray")
+    dump = subprocess.run([cosmic_ray, "dump", session], capture_output=True, text=True,
                           check=True).stdout
     counts = collections.defaultdict(collections.Counter)
     survivors = []
