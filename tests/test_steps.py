@@ -116,14 +116,18 @@ def test_train_step_with_label_smoothing_matches_numpy():
     assert float(metrics["lr"]) == pytest.approx(0.05)
 
 
-def test_train_step_flags_a_non_finite_loss():
+def test_train_step_without_smoothing_and_with_a_non_finite_input():
     model = TinyNet()
     tx = optax.sgd(0.1)
     state = create_train_state(model, tx, (4, 4, 3), seed=0)
     step = jax.jit(make_train_step(model, tx, optax.constant_schedule(0.1)))
     x = np.ones((4, 4, 4, 3), np.float32) * np.arange(4)[:, None, None, None]
     batch = {"image": x, "label": np.zeros(4, np.int32)}
-    assert float(step(state, batch)[1]["finite"]) == 1.0
+    metrics = step(state, batch)[1]
+    assert float(metrics["finite"]) == 1.0
+    # label_smoothing defaults to 0: the plain cross-entropy.
+    plain = smoothed_cross_entropy(tiny_forward(state.params, x), batch["label"], 0.0).mean()
+    assert float(metrics["loss"]) == pytest.approx(plain, rel=1e-5)
     x[0, 0, 0, 0] = np.inf
     assert float(step(state, dict(batch, image=x))[1]["finite"]) == 0.0
 
