@@ -253,3 +253,11 @@ def test_preprocessor_is_immutable():
     import dataclasses
     with pytest.raises(dataclasses.FrozenInstanceError):
         preprocessor().image_size = 4
+
+
+def test_decode_takes_the_first_frame_of_an_animated_gif():
+    frames = [Image.fromarray(np.full((6, 7, 3), v, np.uint8)) for v in (40, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    image = preprocessing.decode(buffer.getvalue(), 3).numpy()
+    assert image.shape == (6, 7, 3) and abs(int(image.mean()) - 40) <= 2
