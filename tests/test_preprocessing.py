@@ -261,3 +261,16 @@ def test_decode_takes_the_first_frame_of_an_animated_gif():
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     image = preprocessing.decode(buffer.getvalue(), 3).numpy()
     assert image.shape == (6, 7, 3) and abs(int(image.mean()) - 40) <= 2
+
+
+def test_cifar_padding_is_an_eighth_of_the_crop_size():
+    """At crop size 56 the padding is 56 / 8 = 7 pixels: the widest strip of padding a crop shows."""
+    pre = preprocessor(56, 56, augment="cifar", mean=np.zeros(3, np.float32),
+                       std=np.ones(3, np.float32))
+    encoded = png(np.full((56, 56, 3), 200, np.uint8))
+    widest = 0
+    for i in range(60):
+        out = pre.train(encoded, np.array([8, i], np.int64)).numpy()[..., 0]
+        rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
+        widest = max(widest, rows[0], 55 - rows[-1], cols[0], 55 - cols[-1])
+    assert widest == 7
