@@ -235,10 +235,11 @@ def test_decode_window_is_the_window_of_the_decoded_image(encode):
     np.testing.assert_array_equal(window, whole[3:23, 5:29])
 
 
-def test_cifar_augmentation_resizes_other_sizes_with_antialiasing():
-    """A 96 x 96 image under the cifar augmentation is first resized to 32 x 32 as PIL's
-    antialiased bilinear resize does (within one grey level)."""
-    image = random_image(96, 96, seed=6)
+@pytest.mark.parametrize("height,width", [(96, 96), (48, 32), (32, 48)])
+def test_cifar_augmentation_resizes_other_sizes_with_antialiasing(height, width):
+    """An image of another size under the cifar augmentation is first resized (both sides) to
+    32 x 32 as PIL's antialiased bilinear resize does (within one grey level)."""
+    image = random_image(height, width, seed=6)
     pre = preprocessor(32, 32, augment="cifar", mean=np.zeros(3, np.float32),
                        std=np.ones(3, np.float32))
     reference = np.asarray(Image.fromarray(image).resize((32, 32), Image.BILINEAR), np.float32)
