@@ -216,8 +216,8 @@ def _evaluate_torchvision(session: _Session) -> dict:
                         f"{config.model.name!r}: {e}") from None
     state = jax.device_put(
         TrainState(step=np.zeros((), np.int32), params=variables["params"],
-                   batch_stats=variables["batch_stats"], opt_state=(),
-                   rng=np.zeros((2,), np.uint32)), parallel.replicated(exp.mesh))
+                   batch_stats=variables["batch_stats"], opt_state=()),
+        parallel.replicated(exp.mesh))
     key = "torchvision_" + os.path.splitext(os.path.basename(request.torchvision_weights))[0]
     return session.report(key, 0, request.torchvision_weights, config,
                           session.measure(exp, state), "imported", exp)

@@ -1,6 +1,6 @@
 """The train state and the pure, jit-able train and eval steps.
 
-TrainState leaves: step int32 [], params and batch_stats float32 trees, opt_state, rng uint32 [2].
+TrainState leaves: step int32 [], params and batch_stats float32 trees, opt_state.
 Train batches: {"image": float [B, H, W, C], "label": int32 [B]}. Eval batches add "mask": bool [B]
 and may carry several views of each image: "image" [B, V, H, W, C] (V crops) and/or
 "image_<size>" keys (several scales); see make_eval_step.
@@ -23,19 +23,16 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-    rng: jnp.ndarray
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape,
                        seed: int) -> TrainState:
     """A fresh state: the model initialised from `seed` on one image of `image_shape` (H, W, C)."""
-    rng = jax.random.PRNGKey(seed)
-    init_rng, rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                           train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      rng=rng)
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
 def _topk_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:

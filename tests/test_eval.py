@@ -139,7 +139,7 @@ def test_eval_step_averages_softmax_over_views(layout):
     rng = np.random.default_rng(0)
     model = ToyModel()
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
-    state = TrainState(step=0, params=variables["params"], batch_stats={}, opt_state=(), rng=0)
+    state = TrainState(step=0, params=variables["params"], batch_stats={}, opt_state=())
     b = 6
     labels = rng.integers(0, 7, b).astype(np.int32)
     mask = np.array([1, 1, 1, 1, 0, 0], bool)

@@ -102,3 +102,41 @@ def test_gradient_clipping():
     tx = optim.build_optimizer(c, optax.constant_schedule(1.0))
     updates, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
     np.testing.assert_allclose(updates["w"], [-0.6, -0.8], rtol=1e-6)
+
+
+def test_weight_decay_mask_reads_the_leaf_name_at_any_depth():
+    params = {"stage1_block1": {"conv1": {"kernel": 1}, "bn1": {"scale": 2, "bias": 3}},
+              "head": {"kernel": 4, "bias": 5}}
+    assert optim.weight_decay_mask(params) == {
+        "stage1_block1": {"conv1": {"kernel": True}, "bn1": {"scale": False, "bias": False}},
+        "head": {"kernel": True, "bias": False}}
+
+
+def test_describe_schedule_lists_the_key_steps():
+    c = schedule_config(unit="steps", length=100, boundaries=(40, 80), base_lr=0.1,
+                        base_batch_size=256)
+    text = optim.describe_schedule(c, 10, 256)
+    steps = [int(line.split()[1].replace(",", "")) for line in text.splitlines()[1:]]
+    assert steps == [0, 39, 40, 79, 80, 99]
+    assert "100 steps = 10.00 epochs of 10 steps (global batch 256); peak lr 0.1" in text
+    assert "step        40 (epoch     4.00): lr 0.01" in text
+    c = schedule_config(name="cosine", unit="steps", length=100, warmup=10, base_lr=0.1)
+    steps = [int(line.split()[1].replace(",", "")) for line in
+             optim.describe_schedule(c, 10, 256).splitlines()[1:]]
+    assert steps == [0, 10, 25, 50, 75, 99]
+
+
+def test_constant_schedule_and_linear_warmup_before_piecewise():
+    c = schedule_config(name="constant", unit="steps", length=50, base_lr=0.2, base_batch_size=256)
+    assert lrs(c, [0, 49]) == pytest.approx([0.2, 0.2])
+    c = schedule_config(unit="epochs", length=10, boundaries=(5,), warmup=1, warmup_mode="linear",
+                        base_lr=0.1)
+    # 100 steps per epoch: 0 -> 0.1 over steps 0..99 (absolute boundaries), then 0.01 from 500.
+    assert lrs(c, [0, 50, 99, 100, 499, 500]) == pytest.approx([0.0, 0.05, 0.099, 0.1, 0.1, 0.01])
+
+
+def test_linear_scaling_rule_and_epoch_rounding():
+    c = schedule_config(unit="epochs", length=2.5, base_lr=0.1, base_batch_size=256)
+    assert optim.peak_learning_rate(c, 512) == pytest.approx(0.2)
+    assert optim.total_steps(c, 3) == 8  # round(7.5) half to even
+    assert optim.total_steps(schedule_config(unit="steps", length=7.0), 3) == 7

@@ -1,0 +1,277 @@
+"""Eval views and train augmentations against the exact pixel windows they should take.
+
+Images are PNG (lossless) and already have the shorter side of the view, so a window is compared
+bit for bit with a numpy slice of the image.
+"""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax.data import preprocessing
+from resnet_jax.data.preprocessing import Preprocessor
+from resnet_jax.data.tf_runtime import tensorflow
+
+MEAN = np.array([100.0, 120.0, 140.0], np.float32)
+STD = np.array([50.0, 60.0, 70.0], np.float32)
+
+
+def png(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def random_image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
+
+
+def preprocessor(size=8, resize=10, eval_crop="ten_crop", scales=(8,), augment="none", mean=MEAN,
+                 std=STD, channels=3):
+    return Preprocessor(size, channels, augment, resize, eval_crop, scales, mean, std)
+
+
+def normalised(window):
+    return (window.astype(np.float32) - MEAN) / STD
+
+
+@pytest.mark.parametrize("height,width", [(10, 15), (16, 10)])
+def test_ten_crop_takes_the_four_corners_the_centre_and_their_mirrors(height, width):
+    """The views are, in order: top-left, top-right, bottom-left, bottom-right, centre (offsets
+    rounded half to even, as torchvision's CenterCrop), then each of the five mirrored left-right.
+    (torchvision's TenCrop crops the mirrored image instead: the same corner windows in the order
+    mirror(top-right), mirror(top-left), ...; the eval averages over views, so order is immaterial.)
+    """
+    image = random_image(height, width)
+    views = preprocessor(8, 10).eval(png(image))["image"].numpy()
+    h, w = height - 8, width - 8
+    top, left = int(round(h / 2)), int(round(w / 2))
+    windows = [image[:8, :8], image[:8, w:], image[h:, :8], image[h:, w:],
+               image[top:top + 8, left:left + 8]]
+    windows += [window[:, ::-1] for window in windows]
+    assert views.shape == (10, 8, 8, 3)
+    for i, window in enumerate(windows):
+        np.testing.assert_allclose(views[i], normalised(window), rtol=1e-6, err_msg=f"crop {i}")
+
+
+def test_multi_scale_takes_a_centre_square_and_its_mirror_at_each_scale():
+    """Shorter side to each scale s, then the centre s x s square and its mirror. The 12 x 20 image
+    already has shorter side 12 (exact windows); at 8 it is resized as torchvision's Resize on a PIL
+    image (antialiased bilinear; within one grey level)."""
+    image = random_image(12, 20, seed=1)
+    views = preprocessor(8, 10, "multi_scale", (12, 8)).eval(png(image))
+    assert sorted(views) == ["image_12", "image_8"]
+    exact = views["image_12"].numpy()
+    window = image[:, 4:16]
+    np.testing.assert_allclose(exact[0], normalised(window), rtol=1e-6)
+    np.testing.assert_allclose(exact[1], normalised(window[:, ::-1]), rtol=1e-6)
+    resized = np.asarray(Image.fromarray(image).resize((int(8 * 20 / 12), 8), Image.BILINEAR))
+    assert resized.shape == (8, 13, 3)
+    window = resized[:, 2:10]  # round((13 - 8) / 2) = 2, half to even
+    small = views["image_8"].numpy()
+    tolerance = 1.01 / STD.min()
+    assert np.abs(small[0] - normalised(window)).max() <= tolerance
+    assert np.abs(small[1] - normalised(window[:, ::-1])).max() <= tolerance
+    assert preprocessor(8, 10, "multi_scale", (12, 8)).eval_shapes() == {
+        "image_12": (2, 12, 12, 3), "image_8": (2, 8, 8, 3)}
+
+
+@pytest.mark.parametrize("height,width,resize", [(10, 13, 10), (13, 10, 10), (20, 30, 10),
+                                                 (30, 20, 10), (11, 11, 10)])
+def test_center_view_resizes_the_shorter_side_like_torchvision(height, width, resize):
+    image = random_image(height, width, seed=2)
+    short = min(height, width)
+    size = (int(resize * width / short), resize) if height <= width else (
+        resize, int(resize * height / short))
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)).astype(np.float32)
+    top, left = (int(round((d - 8) / 2)) for d in resized.shape[:2])
+    reference = resized[top:top + 8, left:left + 8]
+    view = preprocessor(8, resize, "center").eval(png(image))["image"].numpy()
+    assert np.abs(view - normalised(reference)).max() <= 1.01 / STD.min()
+    assert preprocessor(8, resize, "center").eval_shapes() == {"image": (8, 8, 3)}
+    resized_tf = preprocessing.resize_shorter_side(image, resize).numpy()
+    assert resized_tf.shape == resized.shape and np.all(resized_tf == np.round(resized_tf))
+
+
+def test_ten_crop_eval_shapes():
+    assert preprocessor(8, 10).eval_shapes() == {"image": (10, 8, 8, 3)}
+
+
+def test_train_without_augmentation_is_the_normalised_centre_view():
+    image = random_image(10, 14, seed=3)
+    out = preprocessor(8, 10).train(png(image), np.array([1, 2], np.int64)).numpy()
+    np.testing.assert_allclose(out, normalised(image[1:9, 3:11]), rtol=1e-6)
+
+
+def test_cifar_augmentation_pads_with_the_mean_and_crops_every_offset():
+    """Normalise, pad size / 8 = 4 pixels of zeros (the mean), take a random 32 x 32 crop: all 9 x 9
+    offsets occur, and each crop is the padded image's window (or its mirror)."""
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    image = np.stack([rows * 7 + 20, cols * 7 + 20, np.full_like(rows, 9)], -1).astype(np.uint8)
+    pre = preprocessor(32, 32, augment="cifar", mean=np.full(3, 9.0, np.float32),
+                       std=np.full(3, 0.5, np.float32))
+    padded = np.pad((image.astype(np.float32) - 9) / 0.5, ((4, 4), (4, 4), (0, 0)))
+    encoded = png(image)
+    offsets, flips = set(), 0
+    for i in range(300):
+        out = pre.train(encoded, np.array([3, i], np.int64)).numpy()
+        matches = [(y, x, flip) for y in range(9) for x in range(9) for flip in (False, True)
+                   if np.array_equal(out[:, ::-1] if flip else out, padded[y:y + 32, x:x + 32])]
+        assert len(matches) == 1, f"crop {i} is not a window of the padded image"
+        offsets.add(matches[0][:2])
+        flips += matches[0][2]
+    assert len(offsets) >= 70
+    assert {y for y, _ in offsets} == set(range(9)) and {x for _, x in offsets} == set(range(9))
+    assert 100 <= flips <= 200
+
+
+def test_paper_window_is_a_square_of_the_shorter_side_scaled_from_256_to_480():
+    """He et al. 2015: shorter side resized to s in [256, 480], a 224 crop; in the image's own
+    pixels, a square of side round(shorter * 224 / s), at a random position inside the image."""
+    tf = tensorflow()
+    pre = preprocessor(224, 256, augment="paper_imagenet")
+    height, width = 480 * 224, 480 * 300  # large enough that every s gives its own side
+    shorter = min(height, width)
+    sides, ys, xs = set(), [], []
+    window = tf.function(lambda seed: pre._paper_window(tf.constant(height), tf.constant(width), seed))
+    for i in range(1500):
+        y, x, h, w = (int(v) for v in window(tf.constant([5, i], tf.int64)))
+        assert h == w and 0 <= y <= height - h and 0 <= x <= width - w
+        sides.add(h)
+        ys.append(y / (height - h))
+        xs.append(x / (width - w))
+    scales = {round(shorter * 224 / side) for side in sides}
+    assert min(scales) == 256 and max(scales) == 480 and len(scales) > 200
+    assert min(ys) < 0.05 and max(ys) > 0.95 and min(xs) < 0.05 and max(xs) > 0.95
+    small = pre._paper_window(tf.constant(100), tf.constant(150), tf.constant([1, 1], tf.int64))
+    assert 47 <= int(small[2]) <= 88  # round(100 * 224 / 480) .. round(100 * 224 / 256)
+
+
+def test_uniform_int_covers_both_ends():
+    tf = tensorflow()
+    draws = {int(preprocessing._uniform_int(tf.constant([0, i], tf.int64), 3, 6)) for i in range(200)}
+    assert draws == {3, 4, 5, 6}
+
+
+def test_inception_window_area_and_aspect_ranges():
+    tf = tensorflow()
+    pre = preprocessor(8, 10, augment="inception")
+    height, width = 400, 600
+    areas, aspects, ys, xs = [], [], [], []
+    for i in range(300):
+        y, x, h, w = (int(v) for v in pre._inception_window(tf.constant(height), tf.constant(width),
+                                                            tf.constant([2, i], tf.int64)))
+        assert 0 <= y <= height - h and 0 <= x <= width - w
+        areas.append(h * w / (height * width))
+        ys.append(y)
+        xs.append(x)
+        aspects.append(w / h)
+    assert len({y for y in ys}) > 50 and len({x for x in xs}) > 50
+    assert 0.08 - 0.01 <= min(areas) < 0.2 and max(areas) > 0.6 and max(areas) <= 1.0
+    assert 3 / 4 - 0.02 <= min(aspects) < 0.85 and 1.2 < max(aspects) <= 4 / 3 + 0.02
+
+
+def test_pca_noise_is_alexnet_lighting():
+    """AlexNet's lighting noise: 255 * V (alpha * lambda), alpha ~ N(0, 0.1^2) per image, with the
+    eigenvalues and (orthonormal) eigenvectors of ImageNet's RGB covariance (fb.resnet.torch)."""
+    eigenvalues = np.array([0.2175, 0.0188, 0.0045])
+    vectors = preprocessing.PCA_EIGENVECTORS.astype(np.float64)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(3), atol=2e-4)
+    np.testing.assert_allclose(preprocessing.PCA_EIGENVALUES, eigenvalues, rtol=1e-6)
+    tf = tensorflow()
+    pre = preprocessor(8, 10, augment="paper_imagenet")
+    flat = tf.zeros([2, 2, 3])
+    alphas = []
+    for i in range(300):
+        seed = tf.constant([4, i], tf.int64)
+        noise = pre._pca_noise(flat, seed).numpy()
+        assert np.all(noise == noise[0, 0])
+        drawn = tf.random.stateless_normal([3], seed, stddev=0.1).numpy()  # alpha of this seed
+        np.testing.assert_allclose(noise[0, 0], 255 * vectors @ (drawn * eigenvalues), rtol=1e-5,
+                                   atol=1e-4)
+        alphas.append(np.linalg.solve(vectors, noise[0, 0] / 255) / eigenvalues)
+    assert np.std(alphas, axis=0) == pytest.approx([0.1] * 3, rel=0.15)
+
+
+@pytest.mark.parametrize("augment", ["paper_imagenet", "inception", "cifar"])
+def test_train_output_of_a_flat_image_is_its_normalised_colour(augment):
+    """A one-colour image stays that colour through crops, resizes and flips; paper_imagenet adds
+    its lighting noise (3 channels only), so a 1-channel image checks the rest exactly."""
+    grey = np.full((40, 48), 77, np.uint8)
+    pre = preprocessor(16, 18, augment=augment, channels=1, mean=np.array([50.0], np.float32),
+                       std=np.array([3.0], np.float32))
+    out = pre.train(png(grey), np.array([6, 1], np.int64)).numpy()
+    assert out.shape == (16, 16, 1)
+    if augment == "cifar":  # crops may take padding (zeros, the normalised mean)
+        assert set(np.unique(np.round(out, 4))) <= {0.0, 9.0} and np.isclose(out, 9.0).mean() > 0.5
+    else:
+        np.testing.assert_allclose(out, 9.0, rtol=1e-5)
+    if augment == "paper_imagenet":  # with 3 channels: one colour, shifted by the lighting noise
+        colour = np.full((40, 48, 3), 77, np.uint8)
+        pre3 = preprocessor(16, 18, augment=augment, mean=np.full(3, 50.0, np.float32),
+                            std=np.full(3, 3.0, np.float32))
+        pixels = pre3.train(png(colour), np.array([6, 1], np.int64)).numpy().reshape(-1, 3)
+        assert np.all(pixels == pixels[0]) and np.abs(pixels[0] - 9.0).max() > 1e-3
+
+
+def jpeg(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("encode", [jpeg, png])
+def test_decode_window_is_the_window_of_the_decoded_image(encode):
+    """Train crops decode only their window (for JPEG, decode_and_crop_jpeg): the same pixels as
+    decoding the whole image and slicing it."""
+    encoded = encode(random_image(30, 44, seed=5))
+    whole = preprocessing.decode(encoded, 3).numpy()
+    assert whole.shape == (30, 44, 3)
+    seen = []
+    window = preprocessing.decode_window(
+        encoded, lambda h, w: seen.append((h, w)) or (3, 5, h - 10, w - 20), 3).numpy()
+    np.testing.assert_array_equal(window, whole[3:23, 5:29])
+
+
+@pytest.mark.parametrize("height,width", [(96, 96), (48, 32), (32, 48)])
+def test_cifar_augmentation_resizes_other_sizes_with_antialiasing(height, width):
+    """An image of another size under the cifar augmentation is first resized (both sides) to
+    32 x 32 as PIL's antialiased bilinear resize does (within one grey level)."""
+    image = random_image(height, width, seed=6)
+    pre = preprocessor(32, 32, augment="cifar", mean=np.zeros(3, np.float32),
+                       std=np.ones(3, np.float32))
+    reference = np.asarray(Image.fromarray(image).resize((32, 32), Image.BILINEAR), np.float32)
+    padded = np.pad(reference, ((4, 4), (4, 4), (0, 0)))
+    out = pre.train(png(image), np.array([0, 0], np.int64)).numpy()
+    errors = [np.abs(o - padded[y:y + 32, x:x + 32]).max() for y in range(9) for x in range(9)
+              for o in (out, out[:, ::-1])]
+    assert min(errors) <= 1.01
+
+
+def test_preprocessor_is_immutable():
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        preprocessor().image_size = 4
+
+
+def test_decode_takes_the_first_frame_of_an_animated_gif():
+    frames = [Image.fromarray(np.full((6, 7, 3), v, np.uint8)) for v in (40, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    image = preprocessing.decode(buffer.getvalue(), 3).numpy()
+    assert image.shape == (6, 7, 3) and abs(int(image.mean()) - 40) <= 2
+
+
+def test_cifar_padding_is_an_eighth_of_the_crop_size():
+    """At crop size 56 the padding is 56 / 8 = 7 pixels: the widest strip of padding a crop shows."""
+    pre = preprocessor(56, 56, augment="cifar", mean=np.zeros(3, np.float32),
+                       std=np.ones(3, np.float32))
+    encoded = png(np.full((56, 56, 3), 200, np.uint8))
+    widest = 0
+    for i in range(60):
+        out = pre.train(encoded, np.array([8, i], np.int64)).numpy()[..., 0]
+        rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
+        widest = max(widest, rows[0], 55 - rows[-1], cols[0], 55 - cols[-1])
+    assert widest == 7

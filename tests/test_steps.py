@@ -1,0 +1,172 @@
+"""The train and eval steps against numpy: label-smoothed cross-entropy, top-k with ties, one SGD step
+with BatchNorm statistics, the learning-rate metric, the finite flag, and per-class eval sums."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from resnet_jax.models.layers import BatchNorm
+from resnet_jax.steps import (TrainState, _topk_correct, create_train_state, cross_entropy,
+                              make_eval_step, make_train_step)
+
+
+def smoothed_cross_entropy(logits, labels, smoothing):
+    """float64 [B]: -sum_c t_c log softmax(logits)_c, t = (1 - smoothing) * one_hot + smoothing / K
+    (Szegedy et al. 2016; PyTorch's CrossEntropyLoss(label_smoothing=...))."""
+    logits = np.asarray(logits, np.float64)
+    k = logits.shape[-1]
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    targets = np.full(logits.shape, smoothing / k)
+    targets[np.arange(len(labels)), labels] += 1 - smoothing
+    return -(targets * log_p).sum(-1)
+
+
+def test_label_smoothed_cross_entropy_by_hand():
+    # Two classes, logits (0, ln 3): p = (1/4, 3/4). Label 1, smoothing 0.2: t = (0.1, 0.9);
+    # loss = -(0.1 ln 1/4 + 0.9 ln 3/4) = 0.1 ln 4 + 0.9 ln 4/3.
+    logits = jnp.array([[0.0, np.log(3.0)]])
+    expected = 0.1 * np.log(4) + 0.9 * np.log(4 / 3)
+    assert float(cross_entropy(logits, jnp.array([1]), 0.2)[0]) == pytest.approx(expected, rel=1e-6)
+    assert float(cross_entropy(logits, jnp.array([1]), 0.0)[0]) == pytest.approx(np.log(4 / 3),
+                                                                                  rel=1e-6)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).astype(np.float32) * 3
+    labels = rng.integers(0, 5, 6)
+    for smoothing in (0.0, 0.1, 0.5):
+        np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing),
+                                   smoothed_cross_entropy(logits, labels, smoothing), rtol=1e-5)
+
+
+def test_topk_counts_ties_as_correct_and_caps_k():
+    logits = jnp.array([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0],
+                        [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0],
+                        [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0],
+                        [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    labels = jnp.array([0, 4, 5, 1])  # ranks 0, 4, 5, and 0 tied with class 0
+    np.testing.assert_array_equal(_topk_correct(logits, labels, 1), [1, 0, 0, 1])
+    np.testing.assert_array_equal(_topk_correct(logits, labels, 5), [1, 1, 0, 1])
+    three = jnp.array([[0.0, 1.0, 2.0]])
+    np.testing.assert_array_equal(_topk_correct(three, jnp.array([0]), 5), [1])
+    np.testing.assert_array_equal(_topk_correct(three, jnp.array([0]), 2), [0])
+
+
+class TinyNet(nn.Module):
+    """BatchNorm on the pixels, global average pooling, a dense classifier."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = BatchNorm(use_running_average=not train, name="bn")(x)
+        return nn.Dense(7, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+def tiny_forward(params, x):
+    """TinyNet in train mode, in numpy: biased batch variance, epsilon 1e-5."""
+    x = np.asarray(x, np.float64)
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    y = (x - mean) / np.sqrt(var + 1e-5) * np.asarray(params["bn"]["scale"]) + np.asarray(
+        params["bn"]["bias"])
+    return y.mean((1, 2)) @ np.asarray(params["head"]["kernel"]) + np.asarray(params["head"]["bias"])
+
+
+def test_train_step_with_label_smoothing_matches_numpy():
+    """One plain-SGD step: the smoothed loss, top-1/top-5, lr of the step before it, the gradient
+    step w - lr * g, BatchNorm statistics 0.9 * old + 0.1 * batch, and step + 1."""
+    model = TinyNet()
+    schedule = optax.piecewise_constant_schedule(0.5, {1: 0.1})
+    tx = optax.sgd(schedule)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(8, 4, 4, 3)) * [1, 2, 3] + [1, -1, 0]).astype(np.float32)
+    labels = rng.integers(0, 7, 8).astype(np.int32)
+    state = create_train_state(model, tx, (4, 4, 3), seed=0)
+    params = jax.tree.map(lambda v: v + 0.3, state.params)  # a BN scale and bias that matter
+    state = state.replace(params=params, opt_state=tx.init(params))
+    step = jax.jit(make_train_step(model, tx, schedule, label_smoothing=0.1))
+    new_state, metrics = step(state, {"image": x, "label": labels})
+
+    logits = tiny_forward(params, x)
+    assert float(metrics["loss"]) == pytest.approx(
+        smoothed_cross_entropy(logits, labels, 0.1).mean(), rel=1e-5)
+    order = np.argsort(-logits, axis=-1)
+    assert float(metrics["top1"]) == pytest.approx(np.mean(order[:, 0] == labels))
+    assert float(metrics["top5"]) == pytest.approx(np.mean([l in o[:5] for l, o in zip(labels, order)]))
+    assert float(metrics["lr"]) == 0.5 and float(metrics["finite"]) == 1.0
+
+    def loss(p):  # the same loss written out, for the gradient
+        out = model.apply({"params": p, "batch_stats": state.batch_stats}, x, train=True,
+                          mutable=["batch_stats"])[0]
+        targets = 0.9 * jax.nn.one_hot(labels, 7) + 0.1 / 7
+        return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(out), -1))
+
+    grads = jax.grad(loss)(params)
+    assert float(metrics["grad_norm"]) == pytest.approx(
+        np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))), rel=1e-5)
+    jax.tree.map(lambda new, old, g: np.testing.assert_allclose(new, old - 0.5 * g, rtol=1e-5,
+                                                                 atol=1e-6),
+                 new_state.params, params, grads)
+    np.testing.assert_allclose(new_state.batch_stats["bn"]["mean"], 0.1 * x.mean((0, 1, 2)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(new_state.batch_stats["bn"]["var"], 0.9 + 0.1 * x.var((0, 1, 2)),
+                               rtol=1e-5)
+    assert int(new_state.step) == 1
+    _, metrics = step(new_state, {"image": x, "label": labels})
+    assert float(metrics["lr"]) == pytest.approx(0.05)
+
+
+def test_train_step_without_smoothing_and_with_a_non_finite_input():
+    model = TinyNet()
+    tx = optax.sgd(0.1)
+    state = create_train_state(model, tx, (4, 4, 3), seed=0)
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(0.1)))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 4, 4, 3)).astype(np.float32)
+    batch = {"image": x, "label": np.array([0, 3, 3, 6], np.int32)}
+    metrics = step(state, batch)[1]
+    assert float(metrics["finite"]) == 1.0
+    # label_smoothing defaults to 0: the plain cross-entropy.
+    plain = smoothed_cross_entropy(tiny_forward(state.params, x), batch["label"], 0.0).mean()
+    assert float(metrics["loss"]) == pytest.approx(plain, rel=1e-5)
+    x[0, 0, 0, 0] = np.inf
+    assert float(step(state, dict(batch, image=x))[1]["finite"]) == 0.0
+
+
+def test_create_train_state_starts_at_step_zero_from_the_seed():
+    model = TinyNet()
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = create_train_state(model, tx, (4, 4, 3), seed=3)
+    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 4, 4, 3)))
+    assert int(state.step) == 0 and state.step.dtype == jnp.int32
+    jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
+    jax.tree.map(np.testing.assert_array_equal, state.batch_stats, variables["batch_stats"])
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(tx.init(variables["params"]))
+    other = create_train_state(model, tx, (4, 4, 3), seed=4)
+    assert not np.array_equal(other.params["head"]["kernel"], state.params["head"]["kernel"])
+
+
+def test_eval_sums_per_class_over_unmasked_rows():
+    """Single-view eval of fixed logits (a model that returns its input's first pixel): sums of
+    loss, top-1, top-5, count, and per-class top-1 and count, masked rows left out."""
+
+    class Identity(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return x[:, 0, 0, :]
+
+    logits = np.array([[3.0, 0, 0, 0, 0, 0, 0],    # label 0: right
+                       [3.0, 0, 0, 0, 0, 0, 0],    # label 2: wrong, tied top-5
+                       [0, 0, 0, 0, 0, 0, 5.0],    # label 6: right
+                       [0, 1, 2, 3, 4, 5, 6.0],    # label 1: rank 5, wrong top-5
+                       [9.0, 0, 0, 0, 0, 0, 0]])   # masked out
+    labels = np.array([0, 2, 6, 1, 3], np.int32)
+    mask = np.array([1, 1, 1, 1, 0], bool)
+    state = TrainState(step=0, params={}, batch_stats={}, opt_state=())
+    batch = {"image": logits[:, None, None, :].astype(np.float32), "label": labels, "mask": mask}
+    sums = jax.jit(make_eval_step(Identity()))(state, batch)
+    nll = smoothed_cross_entropy(logits, labels, 0.0)
+    assert float(sums["loss"]) == pytest.approx(nll[:4].sum(), rel=1e-6)
+    assert float(sums["top1"]) == 2 and float(sums["top5"]) == 3 and float(sums["count"]) == 4
+    np.testing.assert_array_equal(sums["class_top1"], [1, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(sums["class_count"], [1, 1, 1, 0, 0, 0, 1])
