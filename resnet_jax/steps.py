@@ -28,8 +28,9 @@ class TrainState:
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape,
                        seed: int) -> TrainState:
     """A fresh state: the model initialised from `seed` on one image of `image_shape` (H, W, C)."""
-    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                           train=False)
+    # The first key of a split of the seed's key: the initial weights of every earlier version.
+    init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+    variables = model.init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))

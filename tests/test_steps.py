@@ -137,7 +137,7 @@ def test_create_train_state_starts_at_step_zero_from_the_seed():
     model = TinyNet()
     tx = optax.sgd(0.1, momentum=0.9)
     state = create_train_state(model, tx, (4, 4, 3), seed=3)
-    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 4, 4, 3)))
+    variables = model.init(jax.random.split(jax.random.PRNGKey(3))[0], jnp.zeros((1, 4, 4, 3)))
     assert int(state.step) == 0 and state.step.dtype == jnp.int32
     jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
     jax.tree.map(np.testing.assert_array_equal, state.batch_stats, variables["batch_stats"])
