@@ -13,6 +13,12 @@ config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment conf
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 flags.DEFINE_bool("dry_run", False, "Print the validated config, model summary and schedule; exit.")
+flags.DEFINE_bool("allow_unverified_checkpoint", False,
+                  "Resume from the newest checkpoint even when its integrity record is missing or "
+                  "unreadable (damaged checkpoints are still set aside).")
+flags.DEFINE_bool("start_fresh_if_no_good_checkpoint", False,
+                  "When the workdir has checkpoints but none verifies, set them aside and train "
+                  "from step 0 (default: stop with a message).")
 parallel.define_distributed_flags()
 FLAGS = flags.FLAGS
 
@@ -30,7 +36,9 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (or use --dry_run)")
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    training.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, allow_unverified_checkpoint=FLAGS.allow_unverified_checkpoint,
+        start_fresh_if_no_good_checkpoint=FLAGS.start_fresh_if_no_good_checkpoint)
 
 
 if __name__ == "__main__":

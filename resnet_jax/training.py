@@ -6,7 +6,6 @@ the devices; metrics stay on device until a log, eval or checkpoint step fetches
 """
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -18,10 +17,10 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from resnet_jax import optim, parallel
-from resnet_jax.checkpoint import Checkpointer
+from resnet_jax import optim, parallel, storage
+from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
 from resnet_jax.config import model_options
-from resnet_jax.errors import NonFiniteLossError
+from resnet_jax.divergence import divergence_error
 from resnet_jax.evaluation import evaluate
 from resnet_jax.experiment import Experiment, build_experiment
 from resnet_jax.metric_writers import MetricWriter
@@ -77,8 +76,9 @@ def _format_duration(seconds: float) -> str:
 class _TrainLogger:
     """Holds per-step device metrics until a flush; then checks them, averages and writes them."""
 
-    def __init__(self, exp: Experiment, writer: MetricWriter, train_flops_per_image: float):
-        self.exp, self.writer = exp, writer
+    def __init__(self, exp: Experiment, writer: MetricWriter, train_flops_per_image: float,
+                 checkpointer: Checkpointer):
+        self.exp, self.writer, self.checkpointer = exp, writer, checkpointer
         self.pending: list[tuple[int, dict]] = []
         self.restart_window()
         self.flops = train_flops_per_image
@@ -98,11 +98,8 @@ class _TrainLogger:
         """Fetch pending metrics; raise NonFiniteLossError naming the first bad step."""
         fetched = jax.device_get(self.pending)
         for step, m in fetched:
-            if not m["finite"]:
-                raise NonFiniteLossError(
-                    f"training diverged at step {step}: loss {m['loss']}, gradient norm "
-                    f"{m['grad_norm']} (non-finite loss, gradients, parameters or BN statistics); "
-                    f"the last checkpoint before it is intact")
+            if not all(m["finite"].values()):
+                raise divergence_error(step, m, self.checkpointer)
         self.pending = fetched
 
     def flush(self, step: int) -> None:
@@ -140,17 +137,17 @@ class _TrainLogger:
 def restore_checkpoint(config, workdir: str, step: Optional[int] = None,
                        devices=None) -> tuple[Experiment, TrainState, dict]:
     """(experiment, state, meta) of checkpoint `step` (default: the latest) of the run in `workdir`,
-    placed on `devices` (default: all) whatever the device count it was written on."""
+    verified, placed on `devices` (default: all) whatever the device count it was written on."""
     exp = build_experiment(config, devices)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    checkpointer = Checkpointer(storage.path(workdir) / "checkpoints", read_only=True)
     try:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-        state, meta = checkpointer.restore(step, exp.abstract_train_state())
+        restored = checkpointer.restore(step, exp.abstract_train_state())
     finally:
         checkpointer.close()
-    return exp, state, meta
+    return exp, restored.state, restored.meta
 
 
 def dry_run_report(exp: Experiment) -> str:
@@ -178,30 +175,35 @@ def _meta(exp: Experiment, step: int, metrics: Optional[dict] = None) -> dict:
             "config": exp.config.to_dict(), "metrics": metrics or {}}
 
 
-def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
-    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval
-    metrics with the step reached and whether the run stopped early on a signal."""
+def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_checkpoint=False,
+                       start_fresh_if_no_good_checkpoint=False) -> dict[str, Any]:
+    """Train `config` in `workdir` (a local path or gs://...), resuming from its newest good
+    checkpoint (see checkpoint.resume_step for the two flags); returns the final eval metrics with
+    the step reached and whether the run stopped early on a signal."""
     exp = build_experiment(config, devices)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
+        storage.write_atomic(storage.path(workdir) / "config.json",
+                             json.dumps(config.to_dict(), indent=2, default=str))
+    checkpointer = Checkpointer(storage.path(workdir) / "checkpoints", config.keep_checkpoints,
                                 async_save=config.async_checkpointing)
-    start = checkpointer.latest_step()
+    start = resume_step(checkpointer, allow_unverified_checkpoint,
+                        start_fresh_if_no_good_checkpoint)
     if start is None:
         state, start = exp.create_train_state(), 0
     else:
-        state, _ = checkpointer.restore(start, exp.abstract_train_state())
+        restored = checkpointer.restore(start, exp.abstract_train_state(),
+                                        allow_unverified_checkpoint)
+        state = restored.state
         if is_main:
-            print(f"Resumed from step {start} in {workdir}", flush=True)
+            note = "" if restored.checked == VERIFIED else f" ({restored.checked})"
+            print(f"Resumed from step {start} in {workdir}{note}", flush=True)
 
     size, _, channels = exp.pipeline.image_shape
     _, flops = flops_per_example(config.model.name, size, channels,
                                  num_classes=exp.pipeline.num_classes, **model_options(config))
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
-    logger = _TrainLogger(exp, writer, flops)
+    logger = _TrainLogger(exp, writer, flops, checkpointer)
     eval_every = config.eval_every_steps or exp.steps_per_epoch
     result: dict[str, Any] = {"step": start, "preempted": False}
     batches = exp.pipeline.train_batches(start)
