@@ -20,8 +20,13 @@ Restoring also checks every saved array's shape against the target and places th
 target's shardings, so a checkpoint written on N devices restores on M.
 """
 
+import atexit
+import gc
 import hashlib
 import json
+import logging
+import os
+import sys
 import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -29,6 +34,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
@@ -36,6 +42,49 @@ from resnet_jax import storage
 from resnet_jax.errors import (DamagedCheckpointError, IncompatibleCheckpointError,
                                NoGoodCheckpointError, StorageError, UnverifiedCheckpointError)
 
+
+class _OrbaxErrorLogs(logging.Filter):
+    """Drops Orbax's ERROR logs unless absl's verbosity is INFO or finer (--verbosity=0).
+
+    A failed save is raised once by this module, as StorageError naming the path and the cause;
+    Orbax logs the same failure from four threads with full tracebacks (300+ lines per save).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax and record.levelno >= logging.ERROR
+                    and absl_logging.get_verbosity() < absl_logging.INFO)
+
+
+def _is_aftermath(error: BaseException) -> bool:
+    """Errors of the writes a failed Orbax save leaves behind: its asyncio loop is closed when the
+    first write fails, and the other writes' callbacks fail when they finish or at exit."""
+    text = str(error)
+    return (isinstance(error, RuntimeError) and text == "Event loop is closed") or (
+        isinstance(error, ImportError) and "Python is likely shutting down" in text)
+
+
+def _quiet_failed_save_aftermath() -> None:
+    """Drop the hundreds of tracebacks that a failed save's orphaned writes print through
+    sys.excepthook, sys.unraisablehook and asyncio's logger (the failure itself is raised once, as
+    StorageError); everything else passes. Installed once, before any save can fail."""
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def on_exception(kind, error, tb):
+        if not _is_aftermath(error):
+            excepthook(kind, error, tb)
+
+    def on_unraisable(unraisable):
+        if not _is_aftermath(unraisable.exc_value):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+    logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in str(record.msg))
+    logging.getLogger("absl").addFilter(_OrbaxErrorLogs())
+
+
+_AFTERMATH_QUIET = threading.Event()
 BEST_METRIC = "eval_top1"
 CHECKSUMS = "checksums.json"
 CHECKSUMMED_ITEMS = ("state", "meta")
@@ -58,9 +107,8 @@ def file_checksums(step_dir: storage.PathLike) -> dict[str, list]:
     step_dir = storage.path(step_dir)
     out = {}
     for item in CHECKSUMMED_ITEMS:
-        for root, _, files in (step_dir / item).walk():
-            for name in files:
-                out[str((root / name).relative_to(step_dir))] = _digest(root / name)
+        for file in storage.files_under(step_dir / item):
+            out[str(file.relative_to(step_dir))] = _digest(file)
     return dict(sorted(out.items()))
 
 
@@ -103,6 +151,10 @@ class Checkpointer:
         self.async_save = async_save
         self._recorder: Optional[threading.Thread] = None
         self._error: Optional[StorageError] = None
+        self._failed = False  # a StorageError was raised; close() does not raise it again
+        if not _AFTERMATH_QUIET.is_set():
+            _AFTERMATH_QUIET.set()
+            _quiet_failed_save_aftermath()
         policy = AnyPreservationPolicy([
             LatestN(keep),
             BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
@@ -151,6 +203,10 @@ class Checkpointer:
             self._recorder = None
         if self._error is not None:
             error, self._error = self._error, None
+            self._failed = True
+            # Finalise the failed save's orphaned coroutines while the interpreter is whole: left
+            # to its teardown they fail to import ("sys.meta_path is None") and can crash it.
+            atexit.register(gc.collect)
             raise error
 
     def save(self, step: int, state: Any, meta: dict, metrics: Optional[dict] = None) -> None:
@@ -164,6 +220,7 @@ class Checkpointer:
                                                             meta=ocp.args.JsonSave(meta)),
                               metrics=metrics, force=True)
         except Exception as e:  # noqa: BLE001
+            self._failed = True
             raise StorageError(self.step_dir(step), storage.cause(e)) from e
         self._recorder = threading.Thread(target=self._record, args=(step,),
                                           name=f"checkpoint-record-{step}", daemon=True)
@@ -307,17 +364,23 @@ class Checkpointer:
         self._finish_pending()
 
     def close(self) -> None:
-        """Wait for the save in flight, then release Orbax's resources; raise StorageError (once)
-        if the save failed. The resources are released either way."""
+        """Wait for the save in flight, then release Orbax's resources; raise StorageError if a
+        save failed and that was not raised yet.
+
+        After a failed save the manager is left open: closing it closes Orbax's event loop under
+        the failed save's pending writes, whose callbacks then print hundreds of tracebacks
+        ("Event loop is closed", "Task exception was never retrieved") until the process exits.
+        """
         failure = None
         try:
             self._finish_pending()
         except StorageError as e:
             failure = e
-        try:
-            self.manager.close()
-        except Exception as e:  # noqa: BLE001 (Orbax re-raises the failed save's error here)
-            failure = failure or StorageError(self.directory, storage.cause(e))
+        if not self._failed:
+            try:
+                self.manager.close()
+            except Exception as e:  # noqa: BLE001
+                failure = failure or StorageError(self.directory, storage.cause(e))
         if failure is not None:
             raise failure
 

@@ -5,7 +5,7 @@ EPATH_USE_TF=false unless the user set it (it must be set before epath first ope
 caches the choice). One client then serves training, eval.py and the tests, and it honours
 STORAGE_EMULATOR_HOST, which TensorFlow's client does not. Credentials are Google's
 application-default credentials in both cases. Orbax writes its arrays through TensorStore,
-which reads the same credentials.
+which reads the same credentials. gcsfs's directory-listing cache is off (see below).
 
 Object stores have neither append nor atomic rename, but an object upload is all-or-nothing:
 `write_atomic` uploads objects directly and writes local files to a temporary name then renames.
@@ -13,13 +13,19 @@ Object stores have neither append nor atomic rename, but an object upload is all
 """
 
 import os
+import re
 import socket
 import time
 from typing import Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 
+import fsspec  # noqa: E402
 from etils import epath  # noqa: E402 (after the EPATH_USE_TF default)
+
+# gcsfs caches directory listings forever by default, so one process would never see the
+# checkpoints another writes (eval.py --watch, resuming); list afresh (a user's setting wins).
+fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 from resnet_jax.errors import StorageError  # noqa: E402
 
@@ -37,11 +43,16 @@ def path(p: PathLike) -> epath.Path:
 
 
 def cause(error: BaseException) -> str:
-    """First line of the innermost cause of `error`, e.g. "[Errno 28] No space left on device"."""
+    """The innermost cause of `error` in one line: "[Errno 28] No space left on device", or for
+    TensorStore's long messages (which name every nested file) their last clause, e.g. "Failed to
+    write 217737 bytes to file 5: No space left on device"."""
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
-    text = str(error).strip().split("\n")[0][:300]
-    return text or type(error).__name__
+    text = str(error).strip().split("\n")[0]
+    text = re.sub(r"\s*\[(source locations|os_error_code)=[^\]]*\]", "", text)
+    if len(text) > 300 and '": ' in text:
+        text = text.rsplit('": ', 1)[1]
+    return text[:300] or type(error).__name__
 
 
 def write_atomic(target: PathLike, data: Union[str, bytes]) -> None:
@@ -61,6 +72,18 @@ def write_atomic(target: PathLike, data: Union[str, bytes]) -> None:
         tmp.replace(target)
     except Exception as e:  # noqa: BLE001 (gcsfs and aiohttp errors are not all OSErrors)
         raise StorageError(target, cause(e)) from e
+
+
+def files_under(folder: PathLike) -> list[epath.Path]:
+    """Every file below `folder`, recursively. (epath's walk() yields gs:// roots without their
+    scheme, which then name local paths.)"""
+    out = []
+    for child in path(folder).iterdir():
+        if child.is_dir():
+            out.extend(files_under(child))
+        else:
+            out.append(child)
+    return out
 
 
 def session_name() -> str:
