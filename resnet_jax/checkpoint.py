@@ -279,6 +279,9 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 (Orbax reports unreadable metadata many ways)
             raise DamagedCheckpointError(step, self.step_dir(step) / "state",
                                          f"unreadable array metadata ({storage.cause(e)})") from e
+        if not saved:  # e.g. being deleted by the retention policy (not atomic on gs://)
+            raise DamagedCheckpointError(step, self.step_dir(step) / "state",
+                                         "its array metadata lists no arrays")
         problem = first_mismatch(saved, array_shapes(abstract_state))
         if problem:
             raise IncompatibleCheckpointError(f"checkpoint step {step} does not fit the state "
