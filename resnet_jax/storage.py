@@ -52,7 +52,9 @@ def cause(error: BaseException) -> str:
     text = re.sub(r"\s*\[(source locations|os_error_code)=[^\]]*\]", "", text)
     if len(text) > 300 and '": ' in text:
         text = text.rsplit('": ', 1)[1]
-    return text[:300] or type(error).__name__
+    if not text or "://" in text.split(" ")[0]:  # aiohttp and gcsfs errors may be a bare URL
+        text = f"{type(error).__name__} {text}".strip()
+    return text[:300]
 
 
 def write_atomic(target: PathLike, data: Union[str, bytes]) -> None:
