@@ -84,6 +84,14 @@ def _quiet_failed_save_aftermath() -> None:
     logging.getLogger("absl").addFilter(_OrbaxErrorLogs())
 
 
+def _settle_orphaned_writes() -> None:
+    """At exit after a failed save: give TensorStore's orphaned writes a moment to end and
+    finalise their coroutines while the interpreter is whole. Left to its teardown they fail to
+    import ("sys.meta_path is None") and have crashed it (exit -11)."""
+    time.sleep(1.0)
+    gc.collect()
+
+
 _AFTERMATH_QUIET = threading.Event()
 BEST_METRIC = "eval_top1"
 CHECKSUMS = "checksums.json"
@@ -204,9 +212,7 @@ class Checkpointer:
         if self._error is not None:
             error, self._error = self._error, None
             self._failed = True
-            # Finalise the failed save's orphaned coroutines while the interpreter is whole: left
-            # to its teardown they fail to import ("sys.meta_path is None") and can crash it.
-            atexit.register(gc.collect)
+            atexit.register(_settle_orphaned_writes)
             raise error
 
     def save(self, step: int, state: Any, meta: dict, metrics: Optional[dict] = None) -> None:
