@@ -34,6 +34,9 @@ flags.DEFINE_string("checkpoint", None,
 flags.DEFINE_string("torchvision_weights", None, "torchvision state dict (.safetensors/.pth) to "
                     "evaluate; name the model with --config.model.name.")
 flags.DEFINE_bool("per_class", False, "Also report top-1 accuracy per class.")
+flags.DEFINE_bool("allow_unverified_checkpoint", False,
+                  "Evaluate a checkpoint even when its integrity record is missing or unreadable "
+                  "(its files then cannot be checked; damaged ones are still refused).")
 flags.DEFINE_string("name", "eval_offline", "Split name of the results (JSON folder, TensorBoard).")
 parallel.define_distributed_flags()
 FLAGS = flags.FLAGS
@@ -51,7 +54,8 @@ def main(argv):
         watch_timeout=FLAGS.watch_timeout, poll_seconds=FLAGS.poll_seconds,
         checkpoint=FLAGS.checkpoint, torchvision_weights=FLAGS.torchvision_weights,
         config=FLAGS.config if FLAGS["config"].present else None,
-        overrides=FLAGS["config"].override_values, per_class=FLAGS.per_class, name=FLAGS.name)
+        overrides=FLAGS["config"].override_values, per_class=FLAGS.per_class,
+        allow_unverified=FLAGS.allow_unverified_checkpoint, name=FLAGS.name)
     evaluation.run(request)
 
 

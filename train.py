@@ -15,6 +15,12 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 flags.DEFINE_bool("dry_run", False, "Print the validated config, model summary and schedule, and "
                   "exit; needs no dataset (cifar10, cifar100 and imagenet2012 use their published "
                   "split sizes when not prepared).")
+flags.DEFINE_bool("allow_unverified_checkpoint", False,
+                  "Resume from the newest checkpoint even when its integrity record is missing or "
+                  "unreadable (damaged checkpoints are still set aside).")
+flags.DEFINE_bool("start_fresh_if_no_good_checkpoint", False,
+                  "When the workdir has checkpoints but none verifies, set them aside and train "
+                  "from step 0 (default: stop with a message).")
 parallel.define_distributed_flags()
 FLAGS = flags.FLAGS
 
@@ -29,7 +35,9 @@ def main(argv):
     if FLAGS.dry_run:
         print(console.dry_run_report(console.plan_run(FLAGS.config)))
         return
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    training.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, allow_unverified_checkpoint=FLAGS.allow_unverified_checkpoint,
+        start_fresh_if_no_good_checkpoint=FLAGS.start_fresh_if_no_good_checkpoint)
 
 
 if __name__ == "__main__":

@@ -1,56 +1,122 @@
-"""Orbax checkpoints: asynchronous, atomic, checksummed saves of the whole train state; last K kept
-plus the best.
+"""Orbax checkpoints of the whole train state, each with an integrity record that cannot be switched
+off; last K kept plus the best.
 
-Layout: `<directory>/<step>/{state, meta, checksums.json}`. `state` holds the TrainState pytree
-(step, params, BN statistics, optimizer state, RNG key); `meta` (JSON) holds the data position, the
-config and the metrics; `checksums.json` maps every file under `state/` and `meta/` to [size in
-bytes, SHA-256]. A save is written to a temporary folder and renamed when complete; the checksums
-are written into that folder just before the rename, so they are part of the same atomic commit. A
-run killed mid-save leaves the previous checkpoint as the latest; stale temporary folders are
-removed at start-up. Restoring verifies the checksums, checks every saved array's shape against the
-target, and places the arrays with the target's shardings, so a checkpoint written on N devices
-restores on M.
+Layout: `<directory>/<step>/{state, meta, checksums.json}`, local or gs://. `state` holds the
+TrainState pytree, `meta` (JSON) the data position, the config and the metrics. Orbax writes and
+commits a step by itself (locally a temporary folder renamed; on gs:// a commit_success.txt); this
+module uses only its public API: when `wait_until_finished` returns, the step is committed. A
+background thread per save waits for that, then process 0 writes `checksums.json`, mapping every
+file under `state/` and `meta/` to [size in bytes, SHA-256]. A failure of the save or of its record
+fails the save: the next `save`, `wait` or `close` raises StorageError naming the path and cause.
+
+A checkpoint is
+- good: every file matches its record;
+- damaged (DamagedCheckpointError): a recorded file is missing, of another size or altered;
+- unverified (UnverifiedCheckpointError): its record is missing or unreadable (a save cut short by a
+  kill or a full disk, or code older than the record), so nothing vouches for its files.
+Only good checkpoints are restored, unless the caller explicitly allows unverified ones. Damaged and
+unverified checkpoints met when resuming are set aside into `<directory>_set_aside/`, never deleted.
+Restoring also checks every saved array's shape against the target and places the arrays with the
+target's shardings, so a checkpoint written on N devices restores on M.
 """
 
-import glob
+import atexit
+import gc
 import hashlib
 import json
+import logging
 import os
-from typing import Any, Optional
+import sys
+import threading
+import time
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
+from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from resnet_jax.errors import DamagedCheckpointError, IncompatibleCheckpointError
+from resnet_jax import storage
+from resnet_jax.errors import (DamagedCheckpointError, IncompatibleCheckpointError,
+                               NoGoodCheckpointError, StorageError, UnverifiedCheckpointError)
 
+
+class _OrbaxErrorLogs(logging.Filter):
+    """Drops Orbax's ERROR logs unless absl's verbosity is INFO or finer (--verbosity=0).
+
+    A failed save is raised once by this module, as StorageError naming the path and the cause;
+    Orbax logs the same failure from four threads with full tracebacks (300+ lines per save).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax and record.levelno >= logging.ERROR
+                    and absl_logging.get_verbosity() < absl_logging.INFO)
+
+
+def _is_aftermath(error: BaseException) -> bool:
+    """Errors of the writes a failed Orbax save leaves behind: its asyncio loop is closed when the
+    first write fails, and the other writes' callbacks fail when they finish or at exit."""
+    text = str(error)
+    return (isinstance(error, RuntimeError) and text == "Event loop is closed") or (
+        isinstance(error, ImportError) and "Python is likely shutting down" in text)
+
+
+def _quiet_failed_save_aftermath() -> None:
+    """Drop the hundreds of tracebacks that a failed save's orphaned writes print through
+    sys.excepthook, sys.unraisablehook and asyncio's logger (the failure itself is raised once, as
+    StorageError); everything else passes. Installed once, before any save can fail."""
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def on_exception(kind, error, tb):
+        if not _is_aftermath(error):
+            excepthook(kind, error, tb)
+
+    def on_unraisable(unraisable):
+        if not _is_aftermath(unraisable.exc_value):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+    logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in str(record.msg))
+    logging.getLogger("absl").addFilter(_OrbaxErrorLogs())
+
+
+def _settle_orphaned_writes() -> None:
+    """At exit after a failed save: give TensorStore's orphaned writes a moment to end and
+    finalise their coroutines while the interpreter is whole. Left to its teardown they fail to
+    import ("sys.meta_path is None") and have crashed it (exit -11)."""
+    time.sleep(1.0)
+    gc.collect()
+
+
+_AFTERMATH_QUIET = threading.Event()
 BEST_METRIC = "eval_top1"
 CHECKSUMS = "checksums.json"
 CHECKSUMMED_ITEMS = ("state", "meta")
-# Suffix of the folder Orbax writes a step into before renaming it to `<step>`.
-TMP_SUFFIX = ".orbax-checkpoint-tmp"
+VERIFIED = "sha256"
 _CHUNK = 1 << 22
 
 
-def _digest(path: str) -> list:
-    """[size in bytes, SHA-256 hex digest] of the file at `path`."""
+def _digest(path) -> list:
+    """[size in bytes, SHA-256 hex digest] of the file at `path` (an epath.Path)."""
     sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             sha.update(chunk)
             size += len(chunk)
     return [size, sha.hexdigest()]
 
 
-def file_checksums(step_dir: str) -> dict[str, list]:
+def file_checksums(step_dir: storage.PathLike) -> dict[str, list]:
     """{path relative to `step_dir`: [size, sha256]} for every file under its state/ and meta/."""
+    step_dir = storage.path(step_dir)
     out = {}
     for item in CHECKSUMMED_ITEMS:
-        for root, _, files in os.walk(os.path.join(step_dir, item)):
-            for name in files:
-                path = os.path.join(root, name)
-                out[os.path.relpath(path, step_dir)] = _digest(path)
+        for file in storage.files_under(step_dir / item):
+            out[str(file.relative_to(step_dir))] = _digest(file)
     return dict(sorted(out.items()))
 
 
@@ -77,94 +143,131 @@ def first_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> Optio
     return problems[0] + more
 
 
-def _root_cause(error: BaseException) -> str:
-    """First line of the innermost cause (TensorStore names the array and file there)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return str(error).split("\n")[0][:400]
+class Restored(NamedTuple):
+    state: Any
+    meta: dict
+    checked: str  # VERIFIED, or "unverified: <reason>" when allowed
 
 
 class Checkpointer:
-    """A CheckpointManager keeping the latest `keep` checkpoints and the best by eval top-1."""
+    """A CheckpointManager keeping the latest `keep` checkpoints and the best by eval top-1, with an
+    integrity record per step."""
 
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+    def __init__(self, directory: storage.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
-        self.directory = os.path.abspath(directory)  # Orbax needs absolute paths
+        self.directory = storage.path(directory)
         self.async_save = async_save
-        self._saving: Optional[int] = None
+        self._recorder: Optional[threading.Thread] = None
+        self._error: Optional[StorageError] = None
+        self._failed = False  # a StorageError was raised; close() does not raise it again
+        if not _AFTERMATH_QUIET.is_set():
+            _AFTERMATH_QUIET.set()
+            _quiet_failed_save_aftermath()
         policy = AnyPreservationPolicy([
             LatestN(keep),
             BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
                   keep_checkpoints_without_metrics=False),
         ])
-        # Saves are always asynchronous underneath (the checksums are written by the finalization
-        # callback); a synchronous save waits for its own completion.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=True,
-            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_checksums),
             cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
-
-    def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
-
-    def _write_checksums(self) -> None:
-        """Finalization callback: checksum the step being committed, inside its temporary folder.
-
-        Failures are logged, never raised: a checkpoint without checksums is still a checkpoint.
-        """
-        if jax.process_index() != 0 or self._saving is None:
-            return
         try:
-            folders = glob.glob(glob.escape(self.step_dir(self._saving)) + TMP_SUFFIX + "*")
-            if len(folders) != 1:
-                logging.warning("no single temporary folder for step %d (found %s); its "
-                                "checksums are not written", self._saving, folders)
-                return
-            tmp = os.path.join(folders[0], CHECKSUMS + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(file_checksums(folders[0]), f, indent=0)
-            os.replace(tmp, os.path.join(folders[0], CHECKSUMS))
-        except Exception:  # noqa: BLE001 (the save itself must not fail over its checksums)
-            logging.exception("writing the checksums of step %d failed", self._saving)
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "meta": ocp.JsonCheckpointHandler()})
+        except Exception as e:  # noqa: BLE001 (creating the folder on a full disk, a bad bucket)
+            raise StorageError(self.directory, storage.cause(e)) from e
+
+    def step_dir(self, step: int):
+        return self.directory / str(step)
+
+    def set_aside_dir(self):
+        """Where damaged and unverified checkpoints are moved when resuming."""
+        return self.directory.parent / f"{self.directory.name}_set_aside"
+
+    def _record(self, step: int) -> None:
+        """Background thread of one save: wait for Orbax to commit `step`, then (process 0) write
+        its integrity record. Failures are kept for the main thread to raise."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 (TensorStore, asyncio and OS errors alike)
+            self._error = StorageError(self.step_dir(step), storage.cause(e))
+            return
+        if jax.process_index() != 0:
+            return
+        record = self.step_dir(step) / CHECKSUMS
+        try:
+            storage.write_atomic(record, json.dumps(file_checksums(self.step_dir(step)), indent=0))
+        except StorageError as e:
+            self._error = e
+        except Exception as e:  # noqa: BLE001 (reading the files back failed)
+            self._error = StorageError(record, storage.cause(e))
+
+    def _finish_pending(self) -> None:
+        """Wait for the save in flight and its record; raise StorageError if either failed."""
+        if self._recorder is not None:
+            self._recorder.join()
+            self._recorder = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._failed = True
+            atexit.register(_settle_orphaned_writes)
+            raise error
 
     def save(self, step: int, state: Any, meta: dict, metrics: Optional[dict] = None) -> None:
         """Start saving (asynchronously unless async_save=False); `metrics` with eval_top1 make it
-        a candidate for best."""
+        a candidate for best. Raises StorageError if this or the previous save failed."""
         if metrics is not None and BEST_METRIC not in metrics:
             metrics = None
-        self.manager.wait_until_finished()  # Orbax waits here anyway; then _saving is ours alone.
-        self._saving = step
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)),
-                          metrics=metrics, force=True)
+        self._finish_pending()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)),
+                              metrics=metrics, force=True)
+        except Exception as e:  # noqa: BLE001
+            self._failed = True
+            raise StorageError(self.step_dir(step), storage.cause(e)) from e
+        self._recorder = threading.Thread(target=self._record, args=(step,),
+                                          name=f"checkpoint-record-{step}", daemon=True)
+        self._recorder.start()
         if not self.async_save:
-            self.manager.wait_until_finished()
+            self._finish_pending()
 
-    def verify(self, step: int) -> bool:
-        """Check checkpoint `step`'s files against its checksums.json.
+    def verify(self, step: int, allow_unverified: bool = False) -> str:
+        """VERIFIED when every file of checkpoint `step` matches its integrity record.
 
-        True when every listed file matches; False when the checkpoint has no checksums (written by
-        older code, or on storage without atomic renames). Raises DamagedCheckpointError naming the
-        first file that is missing, of the wrong size, or altered.
+        Raises DamagedCheckpointError naming the first file that is missing, of the wrong size or
+        altered, and UnverifiedCheckpointError when the record is missing or unreadable, unless
+        `allow_unverified` (then returns "unverified: <reason>").
         """
         folder = self.step_dir(step)
-        listing = os.path.join(folder, CHECKSUMS)
-        if not os.path.isdir(folder):
+        listing = folder / CHECKSUMS
+        if not folder.is_dir():
             raise DamagedCheckpointError(step, folder, "the step folder is missing")
-        if not os.path.exists(listing):
-            return False
         try:
-            with open(listing) as f:
-                expected = json.load(f)
-        except (OSError, ValueError) as e:
-            raise DamagedCheckpointError(step, listing, f"unreadable ({e})") from None
+            expected = json.loads(listing.read_text())
+            if not isinstance(expected, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            problem = UnverifiedCheckpointError(
+                step, listing, "no integrity record: the save was cut short (killed, disk full, "
+                "storage unreachable) or written by older code")
+        except Exception as e:  # noqa: BLE001 (OS, gcsfs and JSON errors)
+            problem = UnverifiedCheckpointError(step, listing,
+                                                f"unreadable integrity record ({storage.cause(e)})")
+        else:
+            self._compare(step, folder, expected)
+            return VERIFIED
+        if not allow_unverified:
+            raise problem
+        return f"unverified: {problem.reason}"
+
+    @staticmethod
+    def _compare(step: int, folder, expected: dict) -> None:
         for rel, (size, sha) in expected.items():
-            path = os.path.join(folder, rel)
-            if not os.path.exists(path):
+            path = folder / rel
+            if not path.exists():
                 raise DamagedCheckpointError(step, path, "the file is missing")
             found_size, found_sha = _digest(path)
             if found_size != size:
@@ -173,7 +276,6 @@ class Checkpointer:
             if found_sha != sha:
                 raise DamagedCheckpointError(step, path, "its contents differ from the checksum "
                                              "written at save time")
-        return True
 
     def check_compatible(self, step: int, abstract_state: Any) -> None:
         """Raise IncompatibleCheckpointError naming the first saved array whose path or shape
@@ -181,31 +283,36 @@ class Checkpointer:
         try:
             saved = array_shapes(self.manager.item_metadata(step).state)
         except Exception as e:  # noqa: BLE001 (Orbax reports unreadable metadata many ways)
-            raise DamagedCheckpointError(step, os.path.join(self.step_dir(step), "state"),
-                                         f"unreadable array metadata ({_root_cause(e)})") from e
+            raise DamagedCheckpointError(step, self.step_dir(step) / "state",
+                                         f"unreadable array metadata ({storage.cause(e)})") from e
+        if not saved:  # e.g. being deleted by the retention policy (not atomic on gs://)
+            raise DamagedCheckpointError(step, self.step_dir(step) / "state",
+                                         "its array metadata lists no arrays")
         problem = first_mismatch(saved, array_shapes(abstract_state))
         if problem:
             raise IncompatibleCheckpointError(f"checkpoint step {step} does not fit the state "
                                               f"built from the config: {problem}")
 
-    def restore(self, step: int, abstract_state: Any, verify: bool = True) -> tuple[Any, dict]:
-        """(state placed as `abstract_state`'s shardings, meta dict) of checkpoint `step`.
+    def restore(self, step: int, target: Union[Any, Callable[[dict], Any]],
+                allow_unverified: bool = False) -> Restored:
+        """Checkpoint `step`, verified against its record, placed as the abstract state `target`
+        (or `target(meta)`, for a target built from the stored config).
 
-        With `verify`, the files are first checked against their checksums. Raises
-        DamagedCheckpointError for missing or unreadable files and IncompatibleCheckpointError for
-        saved arrays that do not fit `abstract_state`.
+        Raises DamagedCheckpointError for files that are altered, missing or unreadable,
+        UnverifiedCheckpointError (unless `allow_unverified`) and IncompatibleCheckpointError for
+        saved arrays that do not fit the target.
         """
-        if verify:
-            self.verify(step)
+        checked = self.verify(step, allow_unverified)
+        meta = self.restore_meta(step)
+        abstract_state = target(meta) if callable(target) else target
         self.check_compatible(step, abstract_state)
         try:
             restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                              meta=ocp.args.JsonRestore()))
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # noqa: BLE001 (TensorStore and Orbax raise many types)
-            raise DamagedCheckpointError(step, os.path.join(self.step_dir(step), "state"),
-                                         f"it cannot be restored: {_root_cause(e)}") from e
-        return restored.state, restored.meta
+            raise DamagedCheckpointError(step, self.step_dir(step) / "state",
+                                         f"it cannot be restored: {storage.cause(e)}") from e
+        return Restored(restored.state, meta, checked)
 
     def restore_meta(self, step: int) -> dict:
         """The meta dict of checkpoint `step` (raises DamagedCheckpointError if unreadable)."""
@@ -213,8 +320,37 @@ class Checkpointer:
             return self.manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         except Exception as e:  # noqa: BLE001
-            raise DamagedCheckpointError(step, os.path.join(self.step_dir(step), "meta"),
-                                         f"unreadable ({_root_cause(e)})") from e
+            raise DamagedCheckpointError(step, self.step_dir(step) / "meta",
+                                         f"unreadable ({storage.cause(e)})") from e
+
+    def resume_candidates(self, allow_unverified: bool
+                          ) -> tuple[Optional[int], list[Union[DamagedCheckpointError,
+                                                               UnverifiedCheckpointError]]]:
+        """(newest step that may be resumed from or None, the problems of the newer steps).
+
+        Steps are checked newest first until one verifies (or, with `allow_unverified`, is at
+        worst unverified); nothing is moved.
+        """
+        problems = []
+        for step in reversed(self.all_steps()):
+            try:
+                self.verify(step, allow_unverified)
+                return step, problems
+            except (DamagedCheckpointError, UnverifiedCheckpointError) as e:
+                problems.append(e)
+        return None, problems
+
+    def set_aside(self, step: int):
+        """Move checkpoint `step` to `<directory>_set_aside/<step>.<unix time>`; returns the new
+        path. Raises StorageError when the move fails."""
+        target = self.set_aside_dir() / f"{step}.{int(time.time())}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.step_dir(step).rename(target)
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(target, storage.cause(e)) from e
+        self.manager.reload()
+        return target
 
     def reload(self) -> None:
         """Re-read the step list from disk (to see checkpoints another process has written)."""
@@ -226,11 +362,69 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def newest_good_step(self) -> Optional[int]:
+        """The newest checkpoint that verifies, after any save in flight completed; None if none."""
+        self.wait()
+        return self.resume_candidates(allow_unverified=False)[0]
 
     def wait(self) -> None:
-        """Block until every started save is complete on disk."""
-        self.manager.wait_until_finished()
+        """Block until every started save and its record are complete; raise StorageError if
+        one failed."""
+        self._finish_pending()
 
     def close(self) -> None:
-        self.manager.close()
+        """Wait for the save in flight, then release Orbax's resources; raise StorageError if a
+        save failed and that was not raised yet.
 
+        After a failed save the manager is left open: closing it closes Orbax's event loop under
+        the failed save's pending writes, whose callbacks then print hundreds of tracebacks
+        ("Event loop is closed", "Task exception was never retrieved") until the process exits.
+        """
+        failure = None
+        try:
+            self._finish_pending()
+        except StorageError as e:
+            failure = e
+        if not self._failed:
+            try:
+                self.manager.close()
+            except Exception as e:  # noqa: BLE001
+                failure = failure or StorageError(self.directory, storage.cause(e))
+        if failure is not None:
+            raise failure
+
+
+def resume_step(checkpointer: Checkpointer, allow_unverified: bool = False,
+                start_fresh: bool = False) -> Optional[int]:
+    """The step to resume from, or None to start from step 0.
+
+    Process 0 checks the checkpoints newest first. Damaged ones, and unverified ones unless
+    `allow_unverified`, are set aside (one printed line each, naming the file and the
+    reason) until one is good. When checkpoints exist but none is good, it raises
+    NoGoodCheckpointError and moves nothing, unless `start_fresh`. Other processes follow its
+    decision.
+    """
+    decision, error = None, None
+    if jax.process_index() == 0:
+        decision, problems = checkpointer.resume_candidates(allow_unverified)
+        if decision is None and problems and not start_fresh:
+            error = NoGoodCheckpointError(
+                f"no checkpoint in {checkpointer.directory} can be resumed from: "
+                + "; ".join(str(p) for p in problems)
+                + ". Restore an unverified one anyway with --allow_unverified_checkpoint, or set "
+                "them aside and train from step 0 with --start_fresh_if_no_good_checkpoint")
+        else:
+            for problem in problems:
+                moved = checkpointer.set_aside(problem.step)
+                print(f"{problem}; set aside to {moved}", flush=True)
+    if jax.process_count() > 1:
+        code = -2 if error else (-1 if decision is None else decision)
+        code = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+        checkpointer.reload()
+        if code == -2 and error is None:
+            error = NoGoodCheckpointError(f"no checkpoint in {checkpointer.directory} can be "
+                                          "resumed from (process 0 says why)")
+        decision = code if code >= 0 else None
+    if error is not None:
+        raise error
+    return decision

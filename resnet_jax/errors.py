@@ -31,9 +31,32 @@ class DamagedCheckpointError(RuntimeError):
         super().__init__(f"checkpoint step {step} is damaged: {path}: {reason}")
 
 
+class UnverifiedCheckpointError(RuntimeError):
+    """A checkpoint's integrity record is missing or unreadable (e.g. the save was cut short), so
+    its files cannot be checked; names the step, the record and the reason."""
+
+    def __init__(self, step: int, path, reason: str):
+        self.step, self.path, self.reason = step, path, reason
+        super().__init__(f"checkpoint step {step} is unverified: {path}: {reason}")
+
+
+class NoGoodCheckpointError(UserError):
+    """A run has checkpoints but none of them can be resumed from; says what the user may do."""
+
+
 class IncompatibleCheckpointError(ValueError):
     """The saved arrays do not fit the target state; names the first differing array and shapes."""
 
 
+class StorageError(UserError):
+    """Writing a run's files failed (disk full, no permission, bucket unreachable); names the path
+    and the cause."""
+
+    def __init__(self, path, cause: str):
+        self.path, self.cause = path, cause
+        super().__init__(f"cannot write {path}: {cause}")
+
+
 class NonFiniteLossError(RuntimeError):
-    """The loss, gradients, parameters or BN statistics became NaN or Inf; names the step."""
+    """The loss, gradients, parameters or BN statistics became NaN or Inf; names the step, the
+    non-finite quantities and the last good checkpoint (or that there is none)."""

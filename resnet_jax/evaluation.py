@@ -12,7 +12,6 @@ Nothing is written inside a checkpoint.
 import copy
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Optional
 
@@ -21,11 +20,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import parallel
-from resnet_jax.checkpoint import Checkpointer
+from resnet_jax import parallel, storage
+from resnet_jax.checkpoint import VERIFIED, Checkpointer
 from resnet_jax.config import config_from_dict, model_options
 from resnet_jax.errors import (ConfigError, DamagedCheckpointError, EvalError,
-                               IncompatibleCheckpointError)
+                               IncompatibleCheckpointError, UnverifiedCheckpointError)
 from resnet_jax.experiment import build_experiment
 from resnet_jax.metric_writers import MetricWriter
 
@@ -58,7 +57,8 @@ def evaluate(exp, state, per_class: bool = False) -> dict[str, Any]:
 class Request:
     """What to evaluate and how (the eval.py flags). Sources, one of: `workdir` (its latest
     checkpoint, or `step`, or `all_steps`, or `watch`), `checkpoint` (a step folder), or
-    `torchvision_weights` (needs `overrides` or `config` naming the model and data)."""
+    `torchvision_weights` (needs `overrides` or `config` naming the model and data).
+    Checkpoints without a readable integrity record are refused unless `allow_unverified`."""
 
     workdir: Optional[str] = None
     step: Optional[int] = None
@@ -71,6 +71,7 @@ class Request:
     config: Optional[ml_collections.ConfigDict] = None  # replaces the stored config when given
     overrides: dict = dataclasses.field(default_factory=dict)  # {"data.data_dir": value, ...}
     per_class: bool = False
+    allow_unverified: bool = False
     name: str = "eval_offline"
     devices: Optional[list] = None
 
@@ -116,8 +117,8 @@ def _changed_fields(config: ml_collections.ConfigDict, stored: Optional[dict]) -
 class _Session:
     """Builds experiments (one per distinct config), evaluates and writes and prints results."""
 
-    def __init__(self, request: Request, out_dir: str):
-        self.request, self.out_dir = request, out_dir
+    def __init__(self, request: Request, out_dir: storage.PathLike):
+        self.request, self.out_dir = request, storage.path(out_dir)
         self._experiments: dict[str, Any] = {}
         self._writer: Optional[MetricWriter] = None
         self.is_main = jax.process_index() == 0
@@ -144,12 +145,8 @@ class _Session:
                   "final_step": exp.total_steps, "devices": exp.mesh.size, "checked": checked,
                   "time": round(time.time(), 3), "metrics": metrics, "config": config.to_dict()}
         if self.is_main:
-            folder = os.path.join(self.out_dir, self.request.name)
-            os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f"{key}.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(record, f, indent=2, default=str)
-            os.replace(path + ".tmp", path)
+            storage.write_atomic(self.out_dir / self.request.name / f"{key}.json",
+                                 json.dumps(record, indent=2, default=str))
             if self._writer is None:
                 self._writer = MetricWriter(self.out_dir, tensorboard=config.tensorboard)
             self._writer.write(step, self.request.name, {k: metrics[k] for k in SCALARS})
@@ -164,7 +161,7 @@ class _Session:
             return
         if not self._header_printed:
             devices = len(self.request.devices or jax.devices())
-            folder = os.path.join(self.out_dir, self.request.name)
+            folder = self.out_dir / self.request.name
             print(f"Evaluating ({self.request.name}) on {devices} device(s); results in {folder}\n"
                   f"{'step':>10} {'loss':>9} {'top-1':>8} {'top-5':>8} {'examples':>9}  checked",
                   flush=True)
@@ -186,17 +183,21 @@ def _format_per_class(metrics: dict) -> str:
 
 def _evaluate_step(session: _Session, ckpt: Checkpointer, step: int) -> dict:
     """Verify, restore and evaluate checkpoint `step` of `ckpt`; returns the written record."""
-    verified = ckpt.verify(step)
-    stored = ckpt.restore_meta(step).get("config")
-    config = resolve_config(session.request, stored)
-    exp = session.experiment(config)
+    built = {}
+
+    def target(meta: dict):
+        built["stored"] = meta.get("config")
+        built["config"] = resolve_config(session.request, built["stored"])
+        built["exp"] = session.experiment(built["config"])
+        return built["exp"].abstract_train_state()
+
     try:
-        state, _ = ckpt.restore(step, exp.abstract_train_state(), verify=False)
+        restored = ckpt.restore(step, target, session.request.allow_unverified)
     except IncompatibleCheckpointError as e:
-        raise EvalError(f"{e}.{_changed_fields(config, stored)}") from None
-    metrics = session.measure(exp, state)
-    return session.report(str(step), step, ckpt.step_dir(step), config, metrics,
-                          "sha256" if verified else "restore only (no checksums)", exp)
+        raise EvalError(f"{e}.{_changed_fields(built['config'], built['stored'])}") from None
+    metrics = session.measure(built["exp"], restored.state)
+    return session.report(str(step), step, str(ckpt.step_dir(step)), built["config"], metrics,
+                          restored.checked, built["exp"])
 
 
 def _evaluate_torchvision(session: _Session) -> dict:
@@ -218,7 +219,7 @@ def _evaluate_torchvision(session: _Session) -> dict:
         TrainState(step=np.zeros((), np.int32), params=variables["params"],
                    batch_stats=variables["batch_stats"], opt_state=()),
         parallel.replicated(exp.mesh))
-    key = "torchvision_" + os.path.splitext(os.path.basename(request.torchvision_weights))[0]
+    key = "torchvision_" + storage.path(request.torchvision_weights).stem
     return session.report(key, 0, request.torchvision_weights, config,
                           session.measure(exp, state), "imported", exp)
 
@@ -226,23 +227,22 @@ def _evaluate_torchvision(session: _Session) -> dict:
 def _open_checkpoints(request: Request) -> tuple[Checkpointer, str, Optional[int]]:
     """(checkpointer, output folder, step of a --checkpoint folder or None) for the request."""
     if request.checkpoint:
-        path = os.path.abspath(request.checkpoint.rstrip("/"))
-        if not os.path.isdir(path):
+        path = storage.path(request.checkpoint.rstrip("/"))
+        if not path.is_dir():
             raise EvalError(f"no checkpoint at {request.checkpoint!r}")
-        parent, name = os.path.split(path)
-        if not name.isdigit():
+        if not path.name.isdigit():
             raise EvalError(f"{request.checkpoint!r} is not a checkpoint step folder: expected "
                             "<directory>/<step> as training writes it, holding state/ and meta/")
-        inside_workdir = os.path.basename(parent) == "checkpoints"
-        out = request.workdir or (os.path.dirname(parent) if inside_workdir else parent)
-        return Checkpointer(parent, read_only=True), out, int(name)
+        parent = path.parent
+        out = request.workdir or (parent.parent if parent.name == "checkpoints" else parent)
+        return Checkpointer(parent, read_only=True), out, int(path.name)
     if not request.workdir:
         raise EvalError("give --workdir (a training run's folder), --checkpoint or "
                         "--torchvision_weights")
-    if not os.path.isdir(request.workdir):
+    if not storage.path(request.workdir).is_dir():
         raise EvalError(f"no workdir {request.workdir!r}: the folder does not exist")
-    directory = os.path.join(request.workdir, "checkpoints")
-    if not request.watch and not os.path.isdir(directory):
+    directory = storage.path(request.workdir) / "checkpoints"
+    if not request.watch and not directory.is_dir():
         raise EvalError(f"no checkpoint in {request.workdir!r}: it has no checkpoints/ folder "
                         "(has training saved one yet?)")
     return Checkpointer(directory, read_only=True), request.workdir, None
@@ -270,7 +270,7 @@ def run(request: Request) -> list[dict]:
     _check_request(request)
     ckpt = step = None
     if request.torchvision_weights:
-        out = request.workdir or os.path.dirname(os.path.abspath(request.torchvision_weights))
+        out = request.workdir or storage.path(request.torchvision_weights).parent
     else:
         ckpt, out, step = _open_checkpoints(request)
     session = _Session(request, out)
@@ -280,7 +280,8 @@ def run(request: Request) -> list[dict]:
         if request.watch:
             return _watch(session, ckpt)
         return _evaluate_kept(session, ckpt, step)
-    except (ConfigError, DamagedCheckpointError, IncompatibleCheckpointError) as e:
+    except (ConfigError, DamagedCheckpointError, IncompatibleCheckpointError,
+            UnverifiedCheckpointError) as e:
         raise EvalError(str(e)) from e
     finally:
         session.close()
@@ -288,27 +289,23 @@ def run(request: Request) -> list[dict]:
             ckpt.close()
 
 
-def _evaluate_or_flag(session: _Session, ckpt: Checkpointer, step: int,
-                      damaged: list[int]) -> Optional[dict]:
-    """The record of checkpoint `step`; None (with a row saying why) when it is damaged (then
-    appended to `damaged`) or was deleted by the run's retention policy while being read."""
-    try:
-        return _evaluate_step(session, ckpt, step)
-    except DamagedCheckpointError as e:
-        ckpt.reload()
-        if step in ckpt.all_steps():
-            damaged.append(step)
-            session.row(f"{step:>10} DAMAGED: {e.path}: {e.reason}")
-        else:
-            session.row(f"{step:>10} skipped: deleted by the run's retention policy before it "
-                        "could be evaluated")
-        return None
+def _flag(session: _Session, ckpt: Checkpointer, error, bad: list[int]) -> None:
+    """Print the row of a damaged or unverified step (then appended to `bad`), or of one the run's
+    retention policy deleted while it was being read."""
+    ckpt.reload()
+    if error.step in ckpt.all_steps():
+        bad.append(error.step)
+        kind = "DAMAGED" if isinstance(error, DamagedCheckpointError) else "UNVERIFIED"
+        session.row(f"{error.step:>10} {kind}: {error.path}: {error.reason}")
+    else:
+        session.row(f"{error.step:>10} skipped: deleted by the run's retention policy before it "
+                    "could be evaluated")
 
 
-def _raise_if_damaged(damaged: list[int]) -> None:
-    if damaged:
-        raise EvalError(f"checkpoint steps {damaged} are damaged (see above); the others were "
-                        "evaluated and written")
+def _raise_if_bad(bad: list[int]) -> None:
+    if bad:
+        raise EvalError(f"checkpoint steps {sorted(bad)} are damaged or unverified (see above); "
+                        "the others were evaluated and written")
 
 
 def _evaluate_kept(session: _Session, ckpt: Checkpointer, step: Optional[int]) -> list[dict]:
@@ -322,37 +319,53 @@ def _evaluate_kept(session: _Session, ckpt: Checkpointer, step: Optional[int]) -
     if not request.all_steps:
         try:
             return [_evaluate_step(session, ckpt, steps[-1] if chosen is None else chosen)]
-        except DamagedCheckpointError as e:
+        except (DamagedCheckpointError, UnverifiedCheckpointError) as e:
+            anyway = (" Evaluate it anyway with --allow_unverified_checkpoint."
+                      if isinstance(e, UnverifiedCheckpointError) else "")
             if chosen is not None:
-                raise
+                raise EvalError(f"{e}.{anyway}") from e
             earlier = steps[:-1]
             offer = (f" The previous checkpoint is step {earlier[-1]}: evaluate it with "
                      f"--step={earlier[-1]}." if earlier else " There is no earlier checkpoint.")
-            raise EvalError(f"the latest {e}.{offer}") from e
-    damaged: list[int] = []
-    records = [_evaluate_or_flag(session, ckpt, s, damaged) for s in steps]
-    _raise_if_damaged(damaged)
-    return [r for r in records if r is not None]
+            raise EvalError(f"the latest {e}.{offer}{anyway}") from e
+    bad: list[int] = []
+    records = []
+    for s in steps:
+        try:
+            records.append(_evaluate_step(session, ckpt, s))
+        except (DamagedCheckpointError, UnverifiedCheckpointError) as e:
+            _flag(session, ckpt, e, bad)
+    _raise_if_bad(bad)
+    return records
 
 
 def _watch(session: _Session, ckpt: Checkpointer) -> list[dict]:
     """Evaluate each checkpoint as it appears, in step order, until the final step (the schedule's
-    length) is done or `watch_timeout` seconds pass without a new one."""
+    length) is done or `watch_timeout` seconds pass without a new one.
+
+    A step whose integrity record is not there yet (training writes it just after the step is
+    committed) is tried again at each poll; if the watch ends first, it is reported unverified.
+    """
     request = session.request
-    records, damaged, last = [], [], -1
+    records, bad, last = [], [], -1
+    unrecorded: dict[int, UnverifiedCheckpointError] = {}
     deadline = time.monotonic() + request.watch_timeout
     if session.is_main:
         print(f"Watching {ckpt.directory} for checkpoints (stops after the final step, or after "
               f"{request.watch_timeout:g} s without a new one)", flush=True)
     while True:
         ckpt.reload()
-        for step in [s for s in ckpt.all_steps() if s > last]:
-            last = step
-            record = _evaluate_or_flag(session, ckpt, step, damaged)
-            if record:
-                records.append(record)
-            deadline = time.monotonic() + request.watch_timeout
-        if records and last >= records[-1]["final_step"]:
+        for step in sorted({s for s in ckpt.all_steps() if s > last} | set(unrecorded)):
+            last = max(last, step)
+            try:
+                records.append(_evaluate_step(session, ckpt, step))
+                unrecorded.pop(step, None)
+                deadline = time.monotonic() + request.watch_timeout
+            except UnverifiedCheckpointError as e:
+                unrecorded[step] = e
+            except DamagedCheckpointError as e:
+                _flag(session, ckpt, e, bad)
+        if records and last >= records[-1]["final_step"] and not unrecorded:
             break
         if time.monotonic() >= deadline:
             if session.is_main:
@@ -360,5 +373,7 @@ def _watch(session: _Session, ckpt: Checkpointer) -> list[dict]:
                       f"{last if last >= 0 else 'none'}.", flush=True)
             break
         time.sleep(request.poll_seconds)
-    _raise_if_damaged(damaged)
+    for error in unrecorded.values():
+        _flag(session, ckpt, error, bad)
+    _raise_if_bad(bad)
     return records

@@ -1,82 +1,55 @@
-"""Where metrics go: a JSON-lines file, TensorBoard event files, and the console.
+"""Where metrics go: JSON lines and TensorBoard event files, through resnet_jax.storage.
 
-Only process 0 writes files. JSON lines (`<workdir>/metrics.jsonl`), one object per record:
-{"step": int, "split": "train" | "eval", "time": unix seconds, <metric>: float, ...}.
-TensorBoard scalars go to `<workdir>/tensorboard/<split>/` as `<metric>`.
+Only process 0 writes files. JSON lines, one object per record:
+{"step": int, "split": "train" | "eval" | <eval.py name>, "time": unix seconds, <metric>: float, ...}.
+In a local workdir every writer appends to `<workdir>/metrics.jsonl`. An object store (gs://) has no
+append, so each writer session (a training run, its resumption, an eval.py call) owns one object,
+`<workdir>/metrics.<UTC start time>.<host>.<pid>.jsonl`, rewritten whole at each record: no session
+can overwrite another's lines, and a training run and eval.py --watch can write at the same time.
+`read_metrics` reads both layouts, sessions in start-time order.
+
+TensorBoard scalars go to `<workdir>/tensorboard/<split>/events.out.tfevents.*` (one file per
+writer session), framed by tensorboard's own pure-Python RecordWriter (TensorFlow is not imported).
 """
 
 import json
-import os
-import socket
-import struct
 import time
-from typing import BinaryIO, Optional
+from typing import Optional
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.record_writer import RecordWriter
 
+from resnet_jax import storage
 
-def _crc32c_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC-32C (Castagnoli) of `data`."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-class EventFile:
-    """A TensorBoard event file written directly as TFRecords, without importing TensorFlow.
-
-    Record framing: uint64 length, masked CRC-32C of the length, the serialised Event, masked CRC-32C
-    of the Event (all little-endian).
-    """
-
-    def __init__(self, directory: str):
-        os.makedirs(directory, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._file: BinaryIO = open(os.path.join(directory, name), "wb")
-        self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
-
-    def add_event(self, event: Event) -> None:
-        data = event.SerializeToString()
-        header = struct.pack("<Q", len(data))
-        self._file.write(header + struct.pack("<I", _masked_crc32c(header)) + data
-                         + struct.pack("<I", _masked_crc32c(data)))
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
+METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
-    """Writes scalar metrics of a split at a step to JSON lines and TensorBoard (process 0 only)."""
+    """Writes scalar metrics of a split at a step to JSON lines and TensorBoard (process 0 only).
 
-    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    Raises StorageError (naming the file) when a write fails.
+    """
+
+    def __init__(self, workdir: storage.PathLike, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
-        self.workdir = workdir
-        self._tb: dict[str, EventFile] = {}
+        self.workdir = storage.path(workdir)
+        self._session = storage.session_name()
+        self._tb: dict[str, RecordWriter] = {}
         self._tensorboard = tensorboard and enabled
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
+        self._jsonl: Optional[storage.GrowingFile] = None
+        if enabled:
+            name = (f"metrics.{self._session}.jsonl" if storage.is_object_store(self.workdir)
+                    else METRICS_FILE)
+            self._jsonl = storage.GrowingFile(self.workdir / name)
 
-    def _tb_writer(self, split: str) -> EventFile:
+    def _tb_writer(self, split: str) -> RecordWriter:
         if split not in self._tb:
-            self._tb[split] = EventFile(os.path.join(self.workdir, "tensorboard", split))
+            events = self.workdir / "tensorboard" / split / f"events.out.tfevents.{self._session}"
+            writer = RecordWriter(storage.GrowingFile(events))
+            writer.write(Event(wall_time=time.time(), file_version="brain.Event:2")
+                         .SerializeToString())
+            self._tb[split] = writer
         return self._tb[split]
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
@@ -85,14 +58,12 @@ class MetricWriter:
         now = time.time()
         record = {"step": int(step), "split": split, "time": round(now, 3)}
         record.update({k: float(v) for k, v in scalars.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        self._jsonl.write((json.dumps(record) + "\n").encode())
         if self._tensorboard:
             summary = Summary(value=[Summary.Value(tag=k, simple_value=float(v))
                                      for k, v in scalars.items()])
-            writer = self._tb_writer(split)
-            writer.add_event(Event(wall_time=now, step=int(step), summary=summary))
-            writer.flush()
+            self._tb_writer(split).write(
+                Event(wall_time=now, step=int(step), summary=summary).SerializeToString())
 
     def close(self) -> None:
         for w in self._tb.values():
@@ -101,8 +72,11 @@ class MetricWriter:
             self._jsonl.close()
 
 
-def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
-    """Records of `<workdir>/metrics.jsonl`, optionally of one split, in file order."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+def read_metrics(workdir: storage.PathLike, split: Optional[str] = None) -> list[dict]:
+    """Records of the workdir's metrics files (metrics.jsonl, then the per-session objects in
+    start-time order), optionally of one split, in file order."""
+    folder = storage.path(workdir)
+    files = [folder / METRICS_FILE] + sorted(folder.glob("metrics.*.jsonl"))
+    records = [json.loads(line) for f in files if f.exists()
+               for line in f.read_text().splitlines() if line.strip()]
     return [r for r in records if split is None or r["split"] == split]

@@ -55,8 +55,9 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: flo
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, label_smoothing: float = 0.0) -> Callable:
     """train_step(state, batch) -> (state, metrics); metrics are float32 scalars:
-    loss (cross-entropy, without weight decay), top1, top5, lr, grad_norm, and finite (1 when the loss,
-    the gradients and the new parameters and BatchNorm statistics are all finite, else 0)."""
+    loss (cross-entropy, without weight decay), top1, top5, lr, grad_norm; and "finite", a dict of
+    bool scalars: whether the loss, the gradients, the new parameters and the new BatchNorm
+    statistics ("loss", "gradients", "parameters", "bn_statistics") are all finite."""
 
     def loss_fn(params, batch_stats, batch):
         logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats},
@@ -76,9 +77,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
             "grad_norm": optax.tree.norm(grads),
         }
-        finite = [jnp.isfinite(x) for x in (loss, metrics["grad_norm"], optax.tree.norm(params),
-                                            optax.tree.norm(batch_stats))]
-        metrics["finite"] = jnp.all(jnp.stack(finite)).astype(jnp.float32)
+        norms = {"loss": loss, "gradients": metrics["grad_norm"],
+                 "parameters": optax.tree.norm(params), "bn_statistics": optax.tree.norm(batch_stats)}
+        metrics["finite"] = {name: jnp.isfinite(x) for name, x in norms.items()}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
         return new_state, metrics

@@ -6,7 +6,6 @@ the devices; metrics stay on device until a log, eval or checkpoint step fetches
 """
 
 import json
-import os
 import signal
 import threading
 import time
@@ -16,10 +15,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_jax import parallel
-from resnet_jax.checkpoint import Checkpointer
+from resnet_jax import parallel, storage
+from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
 from resnet_jax.console import Console, final_summary, format_duration, header, plan_run
-from resnet_jax.errors import NonFiniteLossError
+from resnet_jax.divergence import divergence_error
 from resnet_jax.evaluation import evaluate
 from resnet_jax.experiment import Experiment, build_experiment
 from resnet_jax.metric_writers import MetricWriter, read_metrics
@@ -70,8 +69,9 @@ class _TrainLogger:
     """Holds per-step device metrics until a flush; then checks them, averages and writes them."""
 
     def __init__(self, exp: Experiment, writer: MetricWriter, console: Console,
-                 train_flops_per_image: float):
+                 train_flops_per_image: float, checkpointer: Checkpointer):
         self.exp, self.writer, self.console = exp, writer, console
+        self.checkpointer = checkpointer
         self.pending: list[tuple[int, dict]] = []
         self.restart_window()
         self.flops = train_flops_per_image
@@ -86,11 +86,8 @@ class _TrainLogger:
         """Fetch pending metrics; raise NonFiniteLossError naming the first bad step."""
         fetched = jax.device_get(self.pending)
         for step, m in fetched:
-            if not m["finite"]:
-                raise NonFiniteLossError(
-                    f"training diverged at step {step}: loss {m['loss']}, gradient norm "
-                    f"{m['grad_norm']} (non-finite loss, gradients, parameters or BN statistics); "
-                    f"the last checkpoint before it is intact")
+            if not all(m["finite"].values()):
+                raise divergence_error(step, m, self.checkpointer)
         self.pending = fetched
 
     def flush(self, step: int) -> None:
@@ -126,17 +123,17 @@ class _TrainLogger:
 def restore_checkpoint(config, workdir: str, step: Optional[int] = None,
                        devices=None) -> tuple[Experiment, TrainState, dict]:
     """(experiment, state, meta) of checkpoint `step` (default: the latest) of the run in `workdir`,
-    placed on `devices` (default: all) whatever the device count it was written on."""
+    verified, placed on `devices` (default: all) whatever the device count it was written on."""
     exp = build_experiment(config, devices)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    checkpointer = Checkpointer(storage.path(workdir) / "checkpoints", read_only=True)
     try:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-        state, meta = checkpointer.restore(step, exp.abstract_train_state())
+        restored = checkpointer.restore(step, exp.abstract_train_state())
     finally:
         checkpointer.close()
-    return exp, state, meta
+    return exp, restored.state, restored.meta
 
 
 def _meta(exp: Experiment, step: int, metrics: Optional[dict] = None) -> dict:
@@ -146,21 +143,23 @@ def _meta(exp: Experiment, step: int, metrics: Optional[dict] = None) -> dict:
             "config": exp.config.to_dict(), "metrics": metrics or {}}
 
 
-def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
-    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval
-    metrics with the step reached, whether the run stopped early on a signal, and whether it is
-    complete. A run that is already complete prints its summary and returns at once."""
+def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_checkpoint=False,
+                       start_fresh_if_no_good_checkpoint=False) -> dict[str, Any]:
+    """Train `config` in `workdir` (a local path or gs://...), resuming from its newest good
+    checkpoint (see checkpoint.resume_step for the two flags); returns the final eval metrics with
+    the step reached, whether the run stopped early on a signal, and whether it is complete. A run
+    that is already complete prints its summary and returns at once."""
     session_start = time.perf_counter()
     exp = build_experiment(config, devices)
     plan = plan_run(config, exp.mesh.size)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
+        storage.write_atomic(storage.path(workdir) / "config.json",
+                             json.dumps(config.to_dict(), indent=2, default=str))
+    checkpointer = Checkpointer(storage.path(workdir) / "checkpoints", config.keep_checkpoints,
                                 async_save=config.async_checkpointing)
-    start = checkpointer.latest_step()
+    start = resume_step(checkpointer, allow_unverified_checkpoint,
+                        start_fresh_if_no_good_checkpoint)
     console = Console(exp.total_steps, start or 0)
     console.print(header(plan, workdir, start))
     result: dict[str, Any] = {"step": start or 0, "preempted": False, "complete": False}
@@ -173,10 +172,14 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     if start is None:
         state, start = exp.create_train_state(), 0
     else:
-        state, _ = checkpointer.restore(start, exp.abstract_train_state())
+        restored = checkpointer.restore(start, exp.abstract_train_state(),
+                                        allow_unverified_checkpoint)
+        state = restored.state
+        if restored.checked != VERIFIED:
+            console.print(f"restored step {start} {restored.checked}")
 
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
-    logger = _TrainLogger(exp, writer, console, plan.model.train_flops)
+    logger = _TrainLogger(exp, writer, console, plan.model.train_flops, checkpointer)
     eval_every = config.eval_every_steps or exp.steps_per_epoch
     batches = exp.pipeline.train_batches(start)
     try:
@@ -213,10 +216,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
                                   "resume.")
                     break
     finally:
+        console.close()
+        writer.close()
         checkpointer.wait()
         checkpointer.close()
-        writer.close()
-        console.close()
     result["complete"] = result["step"] >= exp.total_steps
     console.print(_summary(workdir, result["step"], exp, session_start, checkpointer))
     return result
@@ -227,6 +230,5 @@ def _summary(workdir: str, step: int, exp: Experiment, session_start: float,
     """The final summary of the run in `workdir` (console.final_summary), on process 0."""
     if jax.process_index() != 0:
         return ""
-    records = read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
     return final_summary(workdir, step, exp.total_steps, time.perf_counter() - session_start,
-                         records, checkpointer.step_dir(step))
+                         read_metrics(workdir), str(checkpointer.step_dir(step)))

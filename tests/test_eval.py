@@ -72,6 +72,12 @@ def state_file(workdir, step, largest=True):
     return files[-1] if largest else files[0]
 
 
+def overwrite_middle(path, data=b"\xde\xad\xbe\xef\xde\xad\xbe\xef"):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(data)
+
+
 def test_offline_eval_equals_training_log(run_dir):
     records = run(Request(workdir=run_dir, all_steps=True))
     logged = {r["step"]: r for r in read_metrics(run_dir, "eval")}
@@ -205,9 +211,7 @@ def test_damaged_step_is_never_reported_good(copy_of, damage):
     """--all evaluates the intact step 6 and refuses step 3."""
     if damage == "flip":  # same size, altered bytes: Orbax itself would restore this silently
         victim = state_file(copy_of, 3)
-        with open(victim, "r+b") as f:
-            f.seek(os.path.getsize(victim) // 2)
-            f.write(b"\xde\xad\xbe\xef")
+        overwrite_middle(victim)
         reason = "contents differ"
     elif damage == "delete":
         victim = state_file(copy_of, 3, largest=False)
@@ -218,7 +222,7 @@ def test_damaged_step_is_never_reported_good(copy_of, damage):
         with open(victim, "w") as f:
             f.write("{")
         reason = "differ|bytes"
-    with pytest.raises(EvalError, match=r"steps \[3\] are damaged"):
+    with pytest.raises(EvalError, match=r"steps \[3\] are damaged or unverified"):
         run(Request(workdir=copy_of, all_steps=True, name="eval_check"))
     written = os.listdir(os.path.join(copy_of, "eval_check"))
     assert written == ["6.json"]
@@ -227,13 +231,38 @@ def test_damaged_step_is_never_reported_good(copy_of, damage):
     assert victim in str(err.value)
 
 
-def test_damage_without_checksums_fails_restore(copy_of):
-    """A checkpoint without checksums.json (older code) is still refused when it cannot be read."""
+def test_checkpoint_without_record_is_refused_unless_allowed(copy_of):
+    """The issue's reproduction: no integrity record and 8 altered bytes, which Orbax alone
+    restores (to a 9 % model). It is refused, naming the step and the reason, unless allowed."""
+    os.remove(os.path.join(copy_of, "checkpoints", "6", CHECKSUMS))
+    overwrite_middle(state_file(copy_of, 6))
+    with pytest.raises(EvalError) as err:
+        run(Request(workdir=copy_of, name="eval_check"))
+    message = str(err.value)
+    assert "latest checkpoint step 6 is unverified" in message
+    assert os.path.join("6", CHECKSUMS) + ": no integrity record" in message
+    assert "--step=3" in message and "--allow_unverified_checkpoint" in message
+    assert not os.path.exists(os.path.join(copy_of, "eval_check"))
+    [record] = run(Request(workdir=copy_of, allow_unverified=True, name="eval_check"))
+    assert record["step"] == 6 and record["checked"].startswith("unverified: no integrity record")
+
+
+def test_unreadable_record_is_unverified(copy_of):
+    with open(os.path.join(copy_of, "checkpoints", "6", CHECKSUMS), "w") as f:
+        f.write('{"state/')
+    with pytest.raises(EvalError, match=r"step 6 is unverified: .*unreadable integrity record"):
+        run(Request(workdir=copy_of, step=6))
+    with pytest.raises(EvalError, match=r"steps \[6\] are damaged or unverified"):
+        run(Request(workdir=copy_of, all_steps=True, name="eval_check"))
+    assert os.listdir(os.path.join(copy_of, "eval_check")) == ["3.json"]
+
+
+def test_allowed_unverified_checkpoint_still_fails_when_unreadable(copy_of):
     os.remove(os.path.join(copy_of, "checkpoints", "6", CHECKSUMS))
     with open(state_file(copy_of, 6), "r+b") as f:
         f.truncate(100)
     with pytest.raises(EvalError, match=r"step 6 is damaged: .*/6/state: it cannot be restored"):
-        run(Request(workdir=copy_of, step=6))
+        run(Request(workdir=copy_of, step=6, allow_unverified=True))
 
 
 def test_config_that_does_not_fit_names_array_and_shapes(run_dir):

@@ -59,18 +59,22 @@ def start_train(workdir, overrides=None, *extra, devices=1) -> subprocess.Popen:
 
 def final_state(workdir, step=None):
     """(params as numpy, batch_stats, step) of a run's checkpoint, restored on one device."""
-    from resnet_jax.config import config_from_dict
-    from resnet_jax.training import restore_checkpoint
     import json
 
-    with open(Path(workdir) / "config.json") as f:
-        config = config_from_dict(json.load(f))
+    from resnet_jax import storage
+    from resnet_jax.config import config_from_dict
+    from resnet_jax.training import restore_checkpoint
+
+    config = config_from_dict(json.loads((storage.path(workdir) / "config.json").read_text()))
     _, state, meta = restore_checkpoint(config, str(workdir), step, devices=jax.devices()[:1])
     return jax.tree.map(np.asarray, (state.params, state.batch_stats)), meta["step"]
 
 
 def checkpoint_steps(workdir) -> list[int]:
-    d = Path(workdir) / "checkpoints"
+    """Step folders under the workdir's checkpoints/ (local or gs://), complete or not."""
+    from resnet_jax import storage
+
+    d = storage.path(workdir) / "checkpoints"
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
 
 

@@ -20,7 +20,6 @@ run's initial state (same seed) and every checkpoint kept in DIR, on a batch of 
 
 import argparse
 import json
-import os
 import re
 from typing import Any, Callable, Iterator, Optional
 
@@ -33,6 +32,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from resnet_jax import storage  # noqa: E402
 from resnet_jax.checkpoint import Checkpointer  # noqa: E402
 from resnet_jax.config import base_config, config_from_dict  # noqa: E402
 from resnet_jax.experiments.plot import save_figure  # noqa: E402
@@ -140,17 +140,16 @@ def measure_model(name: str, batch_size: int = 128, seed: int = 0) -> dict[str, 
 
 def measure_workdir(workdir: str, batch_size: int = 128) -> Iterator[dict[str, Any]]:
     """Statistics of the run in `workdir` at initialisation and at each kept checkpoint."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = config_from_dict(json.load(f))
+    config = config_from_dict(json.loads((storage.path(workdir) / "config.json").read_text()))
     exp = build_experiment(config, jax.devices()[:1])
     images, labels = _batch(exp, batch_size)
-    label = os.path.basename(os.path.normpath(workdir))
+    label = storage.path(workdir).name
     stats = make_block_statistics(exp.model)
     yield {"label": label, "step": 0, **stats(_variables(exp.create_train_state()), images, labels)}
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    checkpointer = Checkpointer(storage.path(workdir) / "checkpoints", read_only=True)
     try:
         for step in checkpointer.all_steps():
-            restored, _ = checkpointer.restore(step, exp.abstract_train_state())
+            restored = checkpointer.restore(step, exp.abstract_train_state()).state
             yield {"label": label, "step": step,
                    **stats(_variables(restored), images, labels)}
     finally:
@@ -203,9 +202,9 @@ def main(argv=None) -> None:
               f"{g[0]:.3g}/{g[-1]:.3g}, response std mean {s.mean():.3g} "
               f"(min {s.min():.3g}, max {s.max():.3g})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{**r, "grad_norm": r["grad_norm"].tolist(),
-                        "response_std": r["response_std"].tolist()} for r in results], f, indent=1)
+        storage.write_atomic(args.json, json.dumps(
+            [{**r, "grad_norm": r["grad_norm"].tolist(),
+              "response_std": r["response_std"].tolist()} for r in results], indent=1))
     print(plot_block_statistics(results, args.out, args.title))
 
 

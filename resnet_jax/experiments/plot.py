@@ -9,7 +9,7 @@ colour per run. Writes a PNG with matplotlib's Agg backend.
 """
 
 import argparse
-import os
+import io
 from typing import Optional, Sequence
 
 import matplotlib
@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from resnet_jax import storage  # noqa: E402
 from resnet_jax.metric_writers import read_metrics  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def error_curve(workdir: str, split: str) -> tuple[list[int], list[float]]:
 def plot_error_curves(workdirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None,
                       title: Optional[str] = None) -> str:
     """Draw every run's training (thin) and test (bold) error in one axes; save to `out`."""
-    labels = list(labels) if labels else [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    labels = list(labels) if labels else [storage.path(w).name for w in workdirs]
     if len(labels) != len(workdirs):
         raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs")
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -50,11 +51,13 @@ def plot_error_curves(workdirs: Sequence[str], out: str, labels: Optional[Sequen
 
 
 def save_figure(fig, out: str) -> str:
-    """Write `fig` to the PNG `out` (creating its folder), close it, and return `out`."""
+    """Write `fig` to the PNG `out` (local or gs://, creating its folder), close it, and return
+    `out`."""
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    storage.write_atomic(out, png.getvalue())
     return out
 
 

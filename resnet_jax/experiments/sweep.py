@@ -7,17 +7,18 @@
 `--configs` takes config specs separated by spaces or commas; a comma-separated piece without ".py"
 continues the previous spec's argument (configs/cifar_preact.py:resnet164,cifar100 is one spec).
 Every other `--config.<field>=<value>` is passed to every run. Each run writes to
-<workdir_root>/<name>, made absolute (Orbax needs that), with name = the config file's stem and its
+<workdir_root>/<name> (local, made absolute, or gs://...), with name = the config file's stem and its
 argument ("cifar-plain20").
 Runs are separate train.py processes, so a run resumes if the sweep is started again.
 """
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from resnet_jax import storage
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
 
@@ -46,7 +47,7 @@ def run_name(spec: str) -> str:
 def train_commands(specs: list[str], workdir_root: str, overrides: list[str]) -> list[list[str]]:
     """One train.py argument list per spec."""
     return [[sys.executable, str(TRAIN_SCRIPT), "--config", spec, "--workdir",
-             os.path.abspath(os.path.join(workdir_root, run_name(spec))), *overrides]
+             str(storage.path(workdir_root) / run_name(spec)), *overrides]
             for spec in specs]
 
 

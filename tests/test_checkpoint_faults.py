@@ -1,0 +1,179 @@
+"""Faults that end well: divergence names the quantity and the last good checkpoint; damaged or
+unverified checkpoints are set aside at resume (never deleted) or stop the run; a failed save (or
+record) fails loudly in one line and leaves earlier checkpoints intact."""
+
+import os
+import shutil
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import data as data_lib
+from resnet_jax import storage
+from resnet_jax.checkpoint import CHECKSUMS, Checkpointer
+from resnet_jax.divergence import nonfinite_quantities
+from resnet_jax.errors import (NoGoodCheckpointError, NonFiniteLossError, StorageError,
+                               UnverifiedCheckpointError)
+from resnet_jax.training import train_and_evaluate
+from train_cli import assert_trees_equal, checkpoint_steps, final_state, run_train, tiny_config
+
+
+def short_config(steps=8):
+    config = tiny_config()
+    config.schedule.length, config.schedule.boundaries = steps, (steps / 2,)
+    config.eval_every_steps, config.log_every_steps = steps, 2
+    config.async_checkpointing = False
+    return config
+
+
+def train(workdir, config=None, **flags):
+    return train_and_evaluate(config or short_config(), str(workdir), devices=jax.devices()[:1],
+                              **flags)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """An 8-step run with checkpoints at 2, 4, 6, 8 (the last 3 kept: 4, 6, 8)."""
+    workdir = tmp_path_factory.mktemp("finished") / "w"
+    train(workdir)
+    return workdir, final_state(workdir)[0]
+
+
+@pytest.fixture
+def copy_of(finished, tmp_path):
+    target = tmp_path / "w"
+    shutil.copytree(finished[0], target)
+    return target
+
+
+def overwrite_largest_state_file(workdir, step):
+    folder = workdir / "checkpoints" / str(step) / "state" / "ocdbt.process_0" / "d"
+    victim = max(folder.iterdir(), key=lambda p: p.stat().st_size)
+    with open(victim, "r+b") as f:
+        f.seek(victim.stat().st_size // 2)
+        f.write(b"\xde\xad\xbe\xef\xde\xad\xbe\xef")
+    return victim
+
+
+def test_damaged_latest_is_set_aside_and_the_run_resumes_to_the_same_bits(finished, copy_of,
+                                                                          capsys):
+    victim = overwrite_largest_state_file(copy_of, 8)
+    train(copy_of)
+    out = capsys.readouterr().out
+    assert f"checkpoint step 8 is damaged: {victim}: its contents differ" in out
+    assert "Resumed from step 6" in out
+    (moved,) = (copy_of / "checkpoints_set_aside").iterdir()
+    assert moved.name.startswith("8.") and (moved / CHECKSUMS).exists()
+    assert_trees_equal(final_state(copy_of)[0], finished[1])
+
+
+def test_no_good_checkpoint_stops_unless_a_flag_says_what_to_do(finished, copy_of, capsys):
+    for step in (4, 6, 8):
+        os.remove(copy_of / "checkpoints" / str(step) / CHECKSUMS)
+    with pytest.raises(NoGoodCheckpointError) as err:
+        train(copy_of)
+    message = str(err.value)
+    assert "step 8 is unverified" in message and "step 4 is unverified" in message
+    assert "--allow_unverified_checkpoint" in message
+    assert "--start_fresh_if_no_good_checkpoint" in message
+    assert checkpoint_steps(copy_of) == [4, 6, 8]  # nothing moved
+
+    train(copy_of, allow_unverified_checkpoint=True)
+    assert "Resumed from step 8" in capsys.readouterr().out
+    assert checkpoint_steps(copy_of) == [4, 6, 8]
+
+    config = short_config()
+    config.schedule.length = 4  # a fresh run to step 4 writes a new, verified step 4
+    config.schedule.boundaries = (2.0,)
+    train(copy_of, config, start_fresh_if_no_good_checkpoint=True)
+    assert "Resumed" not in capsys.readouterr().out
+    assert len(list((copy_of / "checkpoints_set_aside").iterdir())) == 3
+    assert Checkpointer(copy_of / "checkpoints", read_only=True).verify(4) == "sha256"
+
+
+def poisoned(from_index):
+    def build(data_config, hosts, seed):
+        pipeline = data_lib.BUILDERS["digits"](data_config, hosts, seed)
+        clean = pipeline.train_batches
+
+        def train_batches(start_step=0):
+            for index, batch in enumerate(clean(start_step), start=start_step):
+                if index >= from_index:
+                    batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+                yield batch
+
+        pipeline.train_batches = train_batches
+        return pipeline
+    return build
+
+
+@pytest.mark.parametrize("from_index, step, last_good", [
+    (6, 7, "the last good checkpoint is step 6"),
+    (0, 1, "there is no good checkpoint"),
+])
+def test_divergence_names_quantities_and_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                  from_index, step, last_good):
+    monkeypatch.setitem(data_lib.BUILDERS, "poisoned", poisoned(from_index))
+    config = short_config()
+    config.data.dataset, config.async_checkpointing, config.log_every_steps = "poisoned", True, 1
+    with pytest.raises(NonFiniteLossError) as err:
+        train(tmp_path, config)
+    message = str(err.value)
+    # NaN images give NaN gradients and BN statistics; the loss itself may stay finite.
+    assert f"diverged at step {step}: non-finite " in message
+    assert "gradients, parameters, BN statistics (loss " in message
+    assert last_good in message
+
+
+def test_nonfinite_quantities_names_only_the_flagged_ones():
+    flags = {"loss": True, "gradients": True, "parameters": True, "bn_statistics": False}
+    assert nonfinite_quantities(flags) == ["BN statistics"]
+
+
+def test_a_failed_integrity_record_fails_the_save(tmp_path, monkeypatch):
+    def full_disk(path, data):
+        raise StorageError(path, "[Errno 28] No space left on device")
+
+    checkpointer = Checkpointer(tmp_path / "checkpoints", async_save=False)
+    state = {"w": np.ones((3,), np.float32)}
+    checkpointer.save(1, state, {"step": 1})
+    monkeypatch.setattr(storage, "write_atomic", full_disk)
+    with pytest.raises(StorageError, match=r"checksums.json: \[Errno 28\] No space left"):
+        checkpointer.save(2, state, {"step": 2})
+    checkpointer.close()
+    reader = Checkpointer(tmp_path / "checkpoints", read_only=True)
+    assert reader.verify(1) == "sha256"
+    with pytest.raises(UnverifiedCheckpointError, match="step 2 is unverified"):
+        reader.verify(2)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (needs root; skipped otherwise): room for one checkpoint of the tiny run."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_disk_full_stops_in_one_line_and_the_next_start_cleans_up(small_disk):
+    workdir = small_disk / "run"
+    result = run_train(workdir, {"async_checkpointing": True}, check=False, timeout=300)
+    assert result.returncode not in (0, -11), result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert "No space left on device" in lines[-1] and "cannot write" in lines[-1]
+    assert len(lines) < 40, result.stderr[-3000:]  # no asyncio aftermath
+    assert "Segmentation" not in result.stderr
+    steps = checkpoint_steps(workdir)
+    assert steps and Checkpointer(workdir / "checkpoints", read_only=True).verify(steps[-1])
+    assert any(".orbax-checkpoint-tmp" in p.name for p in (workdir / "checkpoints").iterdir())
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = run_train(workdir, {"async_checkpointing": True})
+    assert f"Resumed from step {steps[-1]}" in resumed.stdout
+    assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
