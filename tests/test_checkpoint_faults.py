@@ -63,7 +63,7 @@ def test_damaged_latest_is_set_aside_and_the_run_resumes_to_the_same_bits(finish
     train(copy_of)
     out = capsys.readouterr().out
     assert f"checkpoint step 8 is damaged: {victim}: its contents differ" in out
-    assert "Resumed from step 6" in out
+    assert "(resuming from step 6)" in out
     (moved,) = (copy_of / "checkpoints_set_aside").iterdir()
     assert moved.name.startswith("8.") and (moved / CHECKSUMS).exists()
     assert_trees_equal(final_state(copy_of)[0], finished[1])
@@ -81,7 +81,7 @@ def test_no_good_checkpoint_stops_unless_a_flag_says_what_to_do(finished, copy_o
     assert checkpoint_steps(copy_of) == [4, 6, 8]  # nothing moved
 
     train(copy_of, allow_unverified_checkpoint=True)
-    assert "Resumed from step 8" in capsys.readouterr().out
+    assert "(resuming from step 8)" in capsys.readouterr().out
     assert checkpoint_steps(copy_of) == [4, 6, 8]
 
     config = short_config()
@@ -175,5 +175,5 @@ def test_disk_full_stops_in_one_line_and_the_next_start_cleans_up(small_disk):
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     resumed = run_train(workdir, {"async_checkpointing": True})
-    assert f"Resumed from step {steps[-1]}" in resumed.stdout
+    assert f"(resuming from step {steps[-1]})" in resumed.stdout
     assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())

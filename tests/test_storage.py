@@ -89,7 +89,7 @@ def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference, tmp_path):
                              text=True, timeout=600)
     gs_seconds = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resumed from step" in resumed.stdout
+    assert "(resuming from step" in resumed.stdout
     print(f"\nlocal run {local_seconds:.1f} s; gs resume from step {killed_at}: {gs_seconds:.1f} s")
     params, step = final_state(workdir)
     assert step == 40
