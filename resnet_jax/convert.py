@@ -153,8 +153,8 @@ def flax_to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The torchvision state dict of Flax `variables` ({"params", "batch_stats"}): the inverse import.
 
     Arrays are new contiguous float32 numpy arrays in PyTorch layout (none shares memory with
-    `variables`); every BatchNorm also gets a `num_batches_tracked` int64 scalar 0, so torch's strict
-    `load_state_dict` accepts the result.
+    `variables`); every BatchNorm also gets a `num_batches_tracked` int64 scalar 0, so torch's
+    strict `load_state_dict` accepts the result.
     """
     out = {}
     for path, leaf in traverse_util.flatten_dict(variables).items():
