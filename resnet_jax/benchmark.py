@@ -241,15 +241,20 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
     return rows
 
 
-def machine() -> dict[str, Any]:
-    """The host, the accelerator and the library versions a result was measured with."""
+def cpu_model() -> str:
+    """The host CPU's model name: /proc/cpuinfo's "model name" (Linux), else the platform's."""
     cpu = ""
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f
                         if line.startswith("model name")), "")
+    return cpu or platform.processor()
+
+
+def machine() -> dict[str, Any]:
+    """The host, the accelerator and the library versions a result was measured with."""
     device = jax.local_devices()[0]
-    return {"cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "os": platform.platform(), "python": platform.python_version(),
             "jax": jax.__version__, "flax": flax.__version__, "backend": device.platform,
             "device_kind": device.device_kind, "local_devices": jax.local_device_count(),

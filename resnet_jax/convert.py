@@ -114,7 +114,8 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], variables_template: Mappi
     state_dict: name -> array in PyTorch layout (numpy or anything `np.asarray` accepts).
     variables_template: {"params", "batch_stats"} tree of the target model; only leaf shapes are read,
       so the abstract tree `jax.eval_shape` gives for `model.init` is enough.
-    Returns {"params": ..., "batch_stats": ...} with float32 numpy leaves in Flax layout.
+    Returns {"params": ..., "batch_stats": ...} with float32 numpy leaves in Flax layout, each a new
+    array: none shares memory with `state_dict`, so changing either later leaves the other as it was.
     Raises ValueError listing every template variable without a matching key, every state-dict key
     left unused (other than `*.num_batches_tracked`), and every shape mismatch (in PyTorch layout).
     """
@@ -137,7 +138,7 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], variables_template: Mappi
             continue
         if path[-1] == "kernel":
             value = value.transpose(_TO_FLAX_AXES[value.ndim])
-        out[path] = np.ascontiguousarray(value, dtype=np.float32)
+        out[path] = np.array(value, dtype=np.float32, order="C")
     unused = [k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIX)]
     problems = [f"\n  {len(items)} {what}: {_listed(sorted(items))}" for what, items in
                 (("missing", missing), ("unexpected", unused), ("with the wrong shape", mismatched))
@@ -151,8 +152,9 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], variables_template: Mappi
 def flax_to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The torchvision state dict of Flax `variables` ({"params", "batch_stats"}): the inverse import.
 
-    Arrays are contiguous float32 numpy in PyTorch layout; every BatchNorm also gets a
-    `num_batches_tracked` int64 scalar 0, so torch's strict `load_state_dict` accepts the result.
+    Arrays are new contiguous float32 numpy arrays in PyTorch layout (none shares memory with
+    `variables`); every BatchNorm also gets a `num_batches_tracked` int64 scalar 0, so torch's
+    strict `load_state_dict` accepts the result.
     """
     out = {}
     for path, leaf in traverse_util.flatten_dict(variables).items():
@@ -160,7 +162,7 @@ def flax_to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
         value = np.asarray(leaf, dtype=np.float32)
         if path[-1] == "kernel":
             value = value.transpose(_TO_TORCH_AXES[value.ndim])
-        out[key] = np.ascontiguousarray(value)
+        out[key] = np.array(value, order="C")
         if path[-1] == "mean":
             out[key.removesuffix("running_mean") + IGNORED_SUFFIX[1:]] = np.zeros((), np.int64)
     return out

@@ -5,12 +5,15 @@
 
 Same flags, timing windows and JSON fields as the benchmark, so the two files compare row by row.
 The train step is the common fast recipe: torchvision `--model` (v1.5 bottlenecks, as the registry's
-default) in channels_last, `torch.compile`, autocast to `--dtype` (float32: none), cuDNN autotuning,
-cross-entropy, SGD (momentum 0.9, weight decay 1e-4 added to the gradient, as config "l2"). The eval
-step is the compiled forward in eval mode. Data: one synthetic batch on the GPU, reused every step.
+default) in channels_last, `torch.compile` as a static graph of each batch size (`compile_static`),
+autocast to `--dtype` (float32: none), cuDNN autotuning, cross-entropy, SGD (momentum 0.9, weight
+decay 1e-4 added to the gradient, as config "l2"). The eval step is the compiled forward in eval
+mode. Data: one synthetic batch on the GPU, reused every step.
 `compile_s` is the wall time of the first call (torch compiles on it), one step included. Peak
 memory is torch.cuda.max_memory_allocated, reset before each batch size. `TORCHDYNAMO_DISABLE=1`
-runs it eagerly. torch and torchvision are imported only here, on the GPU machine.
+runs it eagerly. The JSON's "machine" names the host CPU ("cpu") and the GPU ("device_kind").
+torch and torchvision are imported only here, on the GPU machine; without them or without a CUDA GPU
+the command stops with a one-line error.
 """
 
 import dataclasses
@@ -18,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from resnet_jax import benchmark
 from resnet_jax.convert import TORCHVISION_MODELS
@@ -36,8 +39,37 @@ def validate(opts: benchmark.Options) -> None:
     benchmark.validate(opts, available_devices=1)
 
 
+def require_cuda():
+    """(torch, torchvision) for a run on a CUDA GPU; RuntimeError with a one-line reason if either
+    is missing or torch sees no CUDA GPU."""
+    try:
+        import torch
+    except ImportError as e:
+        raise RuntimeError(f"the PyTorch reference needs torch and torchvision ({e})") from None
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the PyTorch reference needs a CUDA GPU; torch {torch.__version__} "
+                           f"sees none (torch.cuda.is_available() is False)")
+    try:
+        import torchvision
+    except ImportError as e:
+        raise RuntimeError(f"the PyTorch reference needs torch and torchvision ({e})") from None
+    return torch, torchvision
+
+
+def compile_static(model, backend: str | Callable = "inductor"):
+    """torch.compile(model) specialised to the shapes of its first call, compiled as if it were the
+    first model of the process: dynamo's caches are cleared and dynamic=False. Without this, the
+    second batch size of a sweep compiles a graph with a symbolic batch dimension that every later
+    size reuses, so their compile and step times are not comparable; and past dynamo's recompile
+    limit (8) later sizes would silently run eagerly. `backend` is torch.compile's."""
+    import torch
+
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=False, backend=backend)
+
+
 def _machine(torch) -> dict[str, Any]:
-    return {"cpu": platform.processor(), "cpu_count": os.cpu_count(), "os": platform.platform(),
+    return {"cpu": benchmark.cpu_model(), "cpu_count": os.cpu_count(), "os": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "backend": "cuda",
             "device_kind": torch.cuda.get_device_name(), "local_devices": 1}
 
@@ -49,13 +81,7 @@ def run(opts: benchmark.Options) -> dict[str, Any]:
     gives the FLOPs runs through JAX, which would otherwise take most of the GPU's memory."""
     validate(opts)
     opts = benchmark.resolved(opts)
-    try:
-        import torch
-        import torchvision
-    except ImportError as e:
-        raise RuntimeError(f"the PyTorch reference needs torch and torchvision ({e})") from None
-    if not torch.cuda.is_available():
-        raise RuntimeError("the PyTorch reference needs a CUDA GPU")
+    torch, torchvision = require_cuda()
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(opts.seed)
     cuda = torch.device("cuda")
@@ -71,7 +97,7 @@ def run(opts: benchmark.Options) -> dict[str, Any]:
         model = getattr(torchvision.models, opts.model)(num_classes=opts.num_classes)
         model = model.to(cuda, memory_format=torch.channels_last)
         params = sum(p.numel() for p in model.parameters())
-        compiled = torch.compile(model)
+        compiled = compile_static(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         images = torch.randn(batch_size, 3, opts.image_size, opts.image_size, device=cuda)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -116,7 +142,8 @@ def main(argv=None) -> None:
     opts, path = benchmark.parse_args(argv)
     try:
         validate(opts)
-    except ValueError as e:
+        require_cuda()
+    except (ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     benchmark.report(run(opts), path)
 

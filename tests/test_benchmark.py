@@ -1,11 +1,14 @@
 """The benchmark command: its JSON on a tiny model (as a function and as a CLI), its timing windows,
 and the messages of bad arguments. No test asserts a time."""
 
+import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -120,3 +123,66 @@ def test_torch_reference_rejects_what_it_cannot_run():
         torch_reference.validate(benchmark.Options(model="cifar_resnet20"))
     with pytest.raises(ValueError, match="one GPU"):
         torch_reference.validate(benchmark.Options(model="resnet50", devices=2))
+
+
+def _torch_sees_a_gpu() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_torch_sees_a_gpu(), reason="with a GPU the command would run the benchmark")
+def test_torch_reference_without_a_gpu_stops_with_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet_jax.torch_reference", "--model", "resnet18",
+         "--batch_size", "2", "--image_size", "32", "--steps", "1"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    if importlib.util.find_spec("torch") is None:
+        assert last.startswith("error: the PyTorch reference needs torch and torchvision"), last
+    else:
+        assert last.startswith("error: the PyTorch reference needs a CUDA GPU; torch "), last
+
+
+def test_torch_reference_without_torch_names_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    with pytest.raises(SystemExit) as e:
+        torch_reference.main(["--model", "resnet18", "--batch_size", "2"])
+    assert str(e.value.code).startswith("error: the PyTorch reference needs torch and torchvision")
+
+
+def test_torch_reference_compiles_each_batch_size_as_its_own_static_graph():
+    torch = pytest.importorskip("torch")
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append([tuple(x.shape) if isinstance(x, torch.Tensor) else x
+                       for x in example_inputs])
+        return graph_module.forward
+
+    sizes = range(2, 12)  # more sizes than dynamo's recompile limit (8)
+    for size in sizes:
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        torch_reference.compile_static(model, backend=record)(torch.randn(size, 3, 8, 8))
+    # One graph per size, every input a tensor of concrete ints: no symbolic batch dimension.
+    assert len(graphs) == len(sizes)
+    assert all(isinstance(x, tuple) and all(type(d) is int for d in x) for g in graphs for x in g)
+    assert [g[-1] for g in graphs] == [(size, 3, 8, 8) for size in sizes]
+
+
+def test_torch_reference_json_names_the_cpu_beside_the_gpu():
+    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    found = re.search(r"^model name\s*:\s*(.+?)\s*$", cpuinfo, re.MULTILINE)
+    if found is None:
+        pytest.skip("no /proc/cpuinfo naming the CPU model here")
+    fake_torch = types.SimpleNamespace(
+        __version__="0.0", cuda=types.SimpleNamespace(get_device_name=lambda: "NVIDIA X100"))
+    machine = torch_reference._machine(fake_torch)
+    assert machine["cpu"] == found[1] == benchmark.cpu_model()
+    assert machine["device_kind"] == "NVIDIA X100"

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 from safetensors.numpy import save_file
 
 from resnet_jax.convert import (TORCHVISION_MODELS, flax_to_torchvision, import_torchvision,
@@ -248,3 +249,20 @@ def test_matches_real_torchvision():
         ours = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)
     np.testing.assert_allclose(np.asarray(ours), expected, rtol=0, atol=1e-4)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in flax_to_torchvision(variables).items()})
+
+
+def test_import_and_export_copy_instead_of_aliasing(resnet18_sd):
+    sd = {key: value.copy() for key, value in resnet18_sd.items()}
+    _, variables = import_torchvision("resnet18", sd)
+    imported = traverse_util.flatten_dict(variables)
+    for path, leaf in imported.items():
+        for key, value in sd.items():
+            assert not np.shares_memory(leaf, value), ("/".join(path), key)
+    before = {path: leaf.copy() for path, leaf in imported.items()}
+    for value in sd.values():
+        value[...] = 7
+    for path, leaf in imported.items():
+        np.testing.assert_array_equal(leaf, before[path], err_msg="/".join(path))
+    exported = flax_to_torchvision(variables)
+    for key, value in exported.items():
+        assert not any(np.shares_memory(value, leaf) for leaf in imported.values()), key
