@@ -23,36 +23,37 @@ import sys
 import time
 from typing import Any, Callable
 
-from resnet_jax import benchmark
+from resnet_jax import benchmark, cli
 from resnet_jax.convert import TORCHVISION_MODELS
+from resnet_jax.errors import FlagError, UserError
 from resnet_jax.models.summary import flops_per_example
 
 
 def validate(opts: benchmark.Options) -> None:
-    """Raise ValueError for what the reference cannot do, before torch is imported."""
+    """Raise FlagError for what the reference cannot do, before torch is imported."""
     if opts.model not in TORCHVISION_MODELS:
-        raise ValueError(f"--model {opts.model!r} has no torchvision counterpart; use one of "
+        raise FlagError(f"--model {opts.model!r} has no torchvision counterpart; use one of "
                          f"{', '.join(TORCHVISION_MODELS)}")
     if (opts.devices or 1) != 1 or opts.bn_group_size:
-        raise ValueError("the PyTorch reference runs on one GPU with whole-batch BatchNorm: leave "
+        raise FlagError("the PyTorch reference runs on one GPU with whole-batch BatchNorm: leave "
                          "out --devices and --bn_group_size")
     benchmark.validate(opts, available_devices=1)
 
 
 def require_cuda():
-    """(torch, torchvision) for a run on a CUDA GPU; RuntimeError with a one-line reason if either
-    is missing or torch sees no CUDA GPU."""
+    """(torch, torchvision) for a run on a CUDA GPU; UserError with a one-line reason if either is
+    missing or torch sees no CUDA GPU."""
     try:
         import torch
     except ImportError as e:
-        raise RuntimeError(f"the PyTorch reference needs torch and torchvision ({e})") from None
+        raise UserError(f"the PyTorch reference needs torch and torchvision ({e})") from None
     if not torch.cuda.is_available():
-        raise RuntimeError(f"the PyTorch reference needs a CUDA GPU; torch {torch.__version__} "
+        raise UserError(f"the PyTorch reference needs a CUDA GPU; torch {torch.__version__} "
                            f"sees none (torch.cuda.is_available() is False)")
     try:
         import torchvision
     except ImportError as e:
-        raise RuntimeError(f"the PyTorch reference needs torch and torchvision ({e})") from None
+        raise UserError(f"the PyTorch reference needs torch and torchvision ({e})") from None
     return torch, torchvision
 
 
@@ -137,16 +138,15 @@ def run(opts: benchmark.Options) -> dict[str, Any]:
     return {"options": dataclasses.asdict(opts), "machine": _machine(torch), "results": rows}
 
 
-def main(argv=None) -> None:
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    opts, path = benchmark.parse_args(argv)
-    try:
-        validate(opts)
-        require_cuda()
-    except (ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+def main(argv) -> None:
+    del argv
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # JAX only counts FLOPs here; torch has the GPU
+    opts, path = benchmark.options_from_flags()
+    validate(opts)
+    require_cuda()
     benchmark.report(run(opts), path)
 
 
 if __name__ == "__main__":
-    main()
+    benchmark.define_flags()
+    cli.run(main)

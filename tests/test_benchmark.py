@@ -13,6 +13,7 @@ import types
 import pytest
 
 from resnet_jax import benchmark, torch_reference
+from resnet_jax.errors import UserError
 from resnet_jax.models.summary import summarize
 from train_cli import REPO
 
@@ -140,21 +141,21 @@ def test_torch_reference_without_a_gpu_stops_with_one_line():
          "--batch_size", "2", "--image_size", "32", "--steps", "1"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
         timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    prefix = "python -m resnet_jax.torch_reference: error: the PyTorch reference needs "
     if importlib.util.find_spec("torch") is None:
-        assert last.startswith("error: the PyTorch reference needs torch and torchvision"), last
+        assert lines[0].startswith(prefix + "torch and torchvision"), lines
     else:
-        assert last.startswith("error: the PyTorch reference needs a CUDA GPU; torch "), last
+        assert lines[0].startswith(prefix + "a CUDA GPU; torch "), lines
 
 
 def test_torch_reference_without_torch_names_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    with pytest.raises(SystemExit) as e:
-        torch_reference.main(["--model", "resnet18", "--batch_size", "2"])
-    assert str(e.value.code).startswith("error: the PyTorch reference needs torch and torchvision")
+    with pytest.raises(UserError, match="^the PyTorch reference needs torch and torchvision"):
+        torch_reference.require_cuda()
 
 
 def test_torch_reference_compiles_each_batch_size_as_its_own_static_graph():
