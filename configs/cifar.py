@@ -2,9 +2,8 @@
 
     python train.py --config configs/cifar.py:resnet56 --workdir runs/cifar_resnet56
     python -m resnet_jax.experiments.sweep --workdir_root runs/fig6 \
-        --configs configs/cifar.py:plain20 configs/cifar.py:plain56 configs/cifar.py:resnet20 \
-                  configs/cifar.py:resnet56
-    python -m resnet_jax.experiments.plot --workdirs runs/fig6/* --out docs/fig6.png
+        --configs configs/cifar.py:plain20,configs/cifar.py:plain56,configs/cifar.py:resnet20,configs/cifar.py:resnet56
+    python -m resnet_jax.experiments.plot --out docs/fig6.png runs/fig6/*
 
 Recipe: batch 128, lr 0.1, /10 at 32k and 48k iterations, stop at 64k; SGD momentum 0.9, weight
 decay 1e-4; option A shortcuts (plain nets: none); 16/32/64 filters, 6n+2 layers; pad-4 crop and

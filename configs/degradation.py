@@ -1,10 +1,8 @@
 """The degradation experiment on a laptop: plain vs residual CIFAR nets on the embedded 8x8 digits.
 
     python -m resnet_jax.experiments.sweep --workdir_root runs/degradation \
-        --configs configs/degradation.py:plain20 configs/degradation.py:plain56 \
-                  configs/degradation.py:resnet20 configs/degradation.py:resnet56
-    python -m resnet_jax.experiments.plot --workdirs runs/degradation/* \
-        --out docs/degradation_digits.png
+        --configs configs/degradation.py:plain20,configs/degradation.py:plain56,configs/degradation.py:resnet20,configs/degradation.py:resnet56
+    python -m resnet_jax.experiments.plot --out docs/degradation_digits.png runs/degradation/*
 
 Recipe: the 1,437 training digits without augmentation, batch 128, constant lr 0.1, momentum 0.9,
 weight decay 1e-4, 400 iterations (about 36 epochs), BN over the batch; eval on the 360 held-out

@@ -9,7 +9,7 @@ without a traceback. Any other exception is an internal error and keeps its trac
 import os
 import re
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -66,13 +66,14 @@ def _unknown_override(argv: list[str], error: BaseException) -> str:
     return f"{flag}: the config has no field {name!r}{hint}"
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
     """absl's flag parsing, with every user error reported by `fail`. A --config file is loaded
-    here too (ml_collections defers the error of one that cannot be loaded to its first use)."""
+    here too (ml_collections defers the error of one that cannot be loaded to its first use). With
+    `known_only`, flags this program does not define are left in the returned arguments."""
     if _definition_errors:
         fail(_unknown_override(argv, _definition_errors[0]))
     try:
-        rest = flags.FLAGS(argv)
+        rest = flags.FLAGS(argv, known_only=known_only)
         if "config" in flags.FLAGS and flags.FLAGS.config is not None:
             flags.FLAGS.config.keys()  # raises the load error of a file that failed
         return rest
@@ -88,18 +89,25 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"--config: {_last_line(_innermost(e))}")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """absl.app.run(main), with flag errors, stray positional arguments and UserErrors from `main`
-    as one line and exit 2; absl logs warnings and errors unless --verbosity says otherwise."""
+def run(main: Callable[[list[str]], Optional[int]], arguments: Optional[str] = None,
+        pass_through: Optional[str] = None) -> None:
+    """absl.app.run(main), with flag errors and UserErrors from `main` as one line and exit 2;
+    absl logs warnings and errors unless --verbosity says otherwise. `main` receives argv: the
+    program, then the positional arguments if the command takes some (`arguments` names them, for
+    the message), then the flags starting with `pass_through` (which it forwards elsewhere)."""
 
     def guarded(argv):
-        if len(argv) > 1:
-            fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+        rest = argv[1:]
+        stray = [a for a in rest if not ((pass_through and a.startswith(pass_through))
+                                         or (arguments and not a.startswith("-")))]
+        if stray:
+            takes = f"; it takes {arguments} and flags" if arguments else ""
+            fail(f"unexpected arguments {stray}{takes} (flags take the form --name=value)")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # JAX and Orbax log routine steps at INFO
         try:
-            main(argv)
+            return main(argv)
         except UserError as e:
             fail(str(e))
 
-    app.run(guarded, flags_parser=parse_flags)
+    app.run(guarded, flags_parser=lambda argv: parse_flags(argv, known_only=bool(pass_through)))

@@ -1,6 +1,8 @@
 """The sweep runner (printed commands and a tiny real sweep), the error-curve plot, and the
 gradient-flow analysis on a tiny batch."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -27,12 +29,18 @@ def test_split_specs_keeps_commas_inside_an_argument():
         "cifar_preact-resnet164-cifar100"
 
 
-def test_print_only_prints_one_command_per_config_and_runs_nothing(tmp_path, capsys):
-    code = sweep.main(["--configs", "configs/cifar.py:plain20,configs/cifar.py:resnet20",
-                       "configs/cifar_preact.py:resnet164,cifar100", "--workdir_root",
-                       str(tmp_path / "runs"), "--print_only", "--config.seed=3"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and len(lines) == 3
+def _command(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+
+
+def test_print_only_prints_one_command_per_config_and_runs_nothing(tmp_path):
+    done = _command("resnet_jax.experiments.sweep",
+                    "--configs=configs/cifar.py:plain20,configs/cifar.py:resnet20 "
+                    "configs/cifar_preact.py:resnet164,cifar100", "--workdir_root",
+                    str(tmp_path / "runs"), "--print_only", "--config.seed=3")
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and len(lines) == 3, done.stderr[-2000:]
     assert all("train.py --config configs/" in line and line.endswith("--config.seed=3")
                for line in lines)
     assert f"--workdir {tmp_path}/runs/cifar-plain20 " in lines[0]
@@ -40,28 +48,37 @@ def test_print_only_prints_one_command_per_config_and_runs_nothing(tmp_path, cap
     assert not (tmp_path / "runs").exists()
 
 
-def test_sweep_rejects_other_arguments(tmp_path):
-    with pytest.raises(SystemExit):
-        sweep.main(["--configs", DEGRADATION + ":plain20", "--workdir_root", str(tmp_path),
-                    "--print_only", "--steps=3"])
+@pytest.mark.parametrize("module, args, message", [
+    ("resnet_jax.experiments.sweep", ["--configs=configs/degradation.py:plain20",
+                                      "--workdir_root=runs", "--print_only", "--steps=3"], "steps"),
+    ("resnet_jax.experiments.plot", ["--out=x.png"], "give the workdirs to plot"),
+    ("resnet_jax.experiments.gradient_flow", ["--out=x.png"], "give at least one --model"),
+])
+def test_experiment_commands_report_bad_arguments_in_one_line(module, args, message):
+    done = _command(module, *args)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"python -m {module}: error: ") and message in lines[0], lines
 
 
 def test_tiny_sweep_then_plot(tmp_path):
     overrides = ["--config.schedule.length=4", "--config.eval_every_steps=2",
                  "--config.log_every_steps=1", "--config.global_batch_size=32",
                  "--config.eval_batch_size=40", "--config.checkpoint_every_steps=100"]
-    code = sweep.main(["--configs", f"{DEGRADATION}:plain20,{DEGRADATION}:resnet20",
-                       "--workdir_root", str(tmp_path), *overrides])
-    assert code == 0
+    done = _command("resnet_jax.experiments.sweep",
+                    f"--configs={DEGRADATION}:plain20,{DEGRADATION}:resnet20",
+                    "--workdir_root", str(tmp_path), *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
     workdirs = [str(tmp_path / "degradation-plain20"), str(tmp_path / "degradation-resnet20")]
     for workdir in workdirs:
         assert [r["step"] for r in read_metrics(workdir, "eval")] == [2, 4]
         steps, error = plot.error_curve(workdir, "train")
         assert steps[-1] == 4 and set(steps) <= {1, 2, 3, 4}
         assert all(0 <= e <= 100 for e in error)
-    out = plot.plot_error_curves(workdirs, str(tmp_path / "fig" / "curves.png"))
-    with open(out, "rb") as f:
-        assert f.read(8) == PNG_MAGIC
+    done = _command("resnet_jax.experiments.plot", f"--out={tmp_path / 'fig' / 'curves.png'}",
+                    *workdirs)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "fig" / "curves.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_branch_output_layer_is_the_last_bn_or_the_last_preact_conv():

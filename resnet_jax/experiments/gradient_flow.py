@@ -18,7 +18,6 @@ perturbation to every block output (its gradient is d loss / d output) and recor
 run's initial state (same seed) and every checkpoint kept in DIR, on a batch of its training data.
 """
 
-import argparse
 import json
 import re
 from typing import Any, Callable, Iterator, Optional
@@ -31,14 +30,16 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from absl import flags  # noqa: E402
 
-from resnet_jax import storage  # noqa: E402
+from resnet_jax import cli, storage  # noqa: E402
 from resnet_jax.checkpoint import Checkpointer  # noqa: E402
 from resnet_jax.config import base_config, config_from_dict  # noqa: E402
+from resnet_jax.errors import FlagError  # noqa: E402
+from resnet_jax.experiment import build_experiment  # noqa: E402
 from resnet_jax.experiments.plot import save_figure  # noqa: E402
 from resnet_jax.models.blocks import ResidualBlockBase  # noqa: E402
 from resnet_jax.steps import cross_entropy  # noqa: E402
-from resnet_jax.experiment import build_experiment  # noqa: E402
 
 _LAYER = re.compile(r"(bn|conv)(\d+)$")
 
@@ -182,17 +183,20 @@ def plot_block_statistics(results: list[dict], out: str, title: Optional[str] = 
     return save_figure(fig, out)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", default=[], help="registered model name")
-    parser.add_argument("--workdir", action="append", default=[], help="a training run directory")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--out", required=True, help="PNG path")
-    parser.add_argument("--json", help="also write the numbers here")
-    parser.add_argument("--title")
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_multi_string("model", [], "A registered model name (repeatable).")
+    flags.DEFINE_multi_string("workdir", [], "A training run directory (repeatable).")
+    flags.DEFINE_integer("batch_size", 128, "Digits per measurement.")
+    flags.DEFINE_string("out", None, "PNG path.", required=True)
+    flags.DEFINE_string("json", None, "Also write the numbers here.")
+    flags.DEFINE_string("title", None, "Figure title.")
+
+
+def main(argv) -> None:
+    del argv
+    args = flags.FLAGS
     if not args.model and not args.workdir:
-        parser.error("give at least one --model or --workdir")
+        raise FlagError("give at least one --model or --workdir")
     results = [measure_model(m, args.batch_size) for m in args.model]
     for workdir in args.workdir:
         results.extend(measure_workdir(workdir, args.batch_size))
@@ -209,4 +213,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

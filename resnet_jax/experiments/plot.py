@@ -1,6 +1,6 @@
 """Training and test error against iterations, as the paper's Figures 1 and 6.
 
-    python -m resnet_jax.experiments.plot --workdirs runs/a runs/b --out docs/x.png
+    python -m resnet_jax.experiments.plot --out docs/x.png runs/a runs/b
 
 For each workdir, reads <workdir>/metrics.jsonl: training error = 1 - top1 of the "train" records
 (the mean over each log window's batches, in training mode), test error = 1 - top1 of the "eval"
@@ -8,7 +8,6 @@ records; both in percent against the step. Thin line: training error; bold line:
 colour per run. Writes a PNG with matplotlib's Agg backend.
 """
 
-import argparse
 import io
 from typing import Optional, Sequence
 
@@ -16,8 +15,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from absl import flags  # noqa: E402
 
-from resnet_jax import storage  # noqa: E402
+from resnet_jax import cli, storage  # noqa: E402
+from resnet_jax.errors import FlagError  # noqa: E402
 from resnet_jax.metric_writers import read_metrics  # noqa: E402
 
 
@@ -61,15 +62,23 @@ def save_figure(fig, out: str) -> str:
     return out
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdirs", nargs="+", required=True)
-    parser.add_argument("--out", required=True, help="PNG path")
-    parser.add_argument("--labels", nargs="+", help="one per workdir (default: directory names)")
-    parser.add_argument("--title")
-    args = parser.parse_args(argv)
-    print(plot_error_curves(args.workdirs, args.out, args.labels, args.title))
+def define_flags() -> None:
+    flags.DEFINE_string("out", None, "PNG path (local or gs://).", required=True)
+    flags.DEFINE_list("labels", None, "One per workdir, comma-separated (default: folder names).")
+    flags.DEFINE_string("title", None, "Figure title.")
+
+
+def main(argv) -> None:
+    """argv[1:]: the workdirs to plot."""
+    if len(argv) < 2:
+        raise FlagError("give the workdirs to plot after the flags, e.g. runs/degradation/*")
+    f = flags.FLAGS
+    try:
+        print(plot_error_curves(argv[1:], f.out, f.labels, f.title))
+    except ValueError as e:
+        raise FlagError(f"--labels: {e}") from None
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main, arguments="WORKDIR ...")

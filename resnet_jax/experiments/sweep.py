@@ -1,10 +1,10 @@
 """Run a list of configs one after another, or print their train.py commands for a cluster.
 
     python -m resnet_jax.experiments.sweep --workdir_root runs/fig6 \
-        --configs configs/cifar.py:plain20 configs/cifar.py:plain56 [--print_only] \
+        --configs configs/cifar.py:plain20,configs/cifar.py:plain56 [--print_only] \
         [--config.schedule.length=1000 ...]
 
-`--configs` takes config specs separated by spaces or commas; a comma-separated piece without ".py"
+`--configs` takes config specs separated by commas (or spaces, quoted); a comma-separated piece without ".py"
 continues the previous spec's argument (configs/cifar_preact.py:resnet164,cifar100 is one spec).
 Every other `--config.<field>=<value>` is passed to every run. Each run writes to
 <workdir_root>/<name> (local, made absolute, or gs://...), with name = the config file's stem and its
@@ -12,13 +12,14 @@ argument ("cifar-plain20").
 Runs are separate train.py processes, so a run resumes if the sweep is started again.
 """
 
-import argparse
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from resnet_jax import storage
+from absl import flags
+
+from resnet_jax import cli, storage
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
 
@@ -51,19 +52,22 @@ def train_commands(specs: list[str], workdir_root: str, overrides: list[str]) ->
             for spec in specs]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", required=True, help="config specs, file.py[:arg]")
-    parser.add_argument("--workdir_root", required=True)
-    parser.add_argument("--print_only", action="store_true", help="print the commands; run nothing")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}; only --config.<field>=<value> pass through")
-    commands = train_commands(split_specs(args.configs), args.workdir_root, overrides)
+def define_flags() -> None:
+    flags.DEFINE_string("configs", None, "Config specs file.py[:arg], separated by commas or spaces.",
+                        required=True)
+    flags.DEFINE_string("workdir_root", None, "Folder (or gs:// URL) of the runs' workdirs.",
+                        required=True)
+    flags.DEFINE_bool("print_only", False, "Print the commands; run nothing.")
+
+
+def main(argv) -> int:
+    """Runs (or prints) one train.py command per spec; argv[1:] are the --config.<field>=<value>
+    overrides passed to every run. Returns the first failing run's exit status, else 0."""
+    f = flags.FLAGS
+    commands = train_commands(split_specs(f.configs.split()), f.workdir_root, argv[1:])
     for i, command in enumerate(commands, start=1):
         print(shlex.join(command), flush=True)
-        if args.print_only:
+        if f.print_only:
             continue
         print(f"[sweep] run {i}/{len(commands)}", flush=True)
         code = subprocess.run(command).returncode
@@ -74,4 +78,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main, pass_through="--config.")
