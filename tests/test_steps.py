@@ -170,3 +170,23 @@ def test_eval_sums_per_class_over_unmasked_rows():
     assert float(sums["top1"]) == 2 and float(sums["top5"]) == 3 and float(sums["count"]) == 4
     np.testing.assert_array_equal(sums["class_top1"], [1, 0, 0, 0, 0, 0, 1])
     np.testing.assert_array_equal(sums["class_count"], [1, 1, 1, 0, 0, 0, 1])
+
+
+def test_train_step_counts_top1_and_top5_by_the_label_rank():
+    """Fixed logits (the image's first pixel plus a zero bias): labels ranked 0, 1, 4 and 5 among 7
+    classes give top-1 1/4 and top-5 3/4; the loss is the plain cross-entropy."""
+
+    class Logits(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return x[:, 0, 0, :] + self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+
+    logits = np.array([[5.0, 4, 3, 2, 1, 0, -1]] * 4, np.float32)
+    labels = np.array([0, 1, 4, 5], np.int32)
+    tx = optax.sgd(0.1)
+    state = create_train_state(Logits(), tx, (1, 1, 7), seed=0)
+    step = jax.jit(make_train_step(Logits(), tx, optax.constant_schedule(0.1)))
+    metrics = step(state, {"image": logits[:, None, None, :], "label": labels})[1]
+    assert float(metrics["top1"]) == 0.25 and float(metrics["top5"]) == 0.75
+    assert float(metrics["loss"]) == pytest.approx(
+        smoothed_cross_entropy(logits, labels, 0.0).mean(), rel=1e-6)
