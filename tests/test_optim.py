@@ -147,7 +147,8 @@ def test_describe_in_one_line_names_every_choice():
     c = schedule_config(unit="epochs", boundaries=(30, 60), base_lr=0.1, base_batch_size=256)
     assert optim.describe_in_one_line(c, o, 512) == (
         "piecewise lr 0.2, x0.1 at epochs 30, 60; SGD momentum 0.9, weight decay 0.0001 (l2)")
-    c = schedule_config(name="cosine", unit="steps", warmup=500, warmup_mode="constant", base_lr=0.1)
+    c = schedule_config(name="cosine", unit="steps", warmup=500, warmup_mode="constant",
+                        base_lr=0.1)
     o.nesterov, o.weight_decay, o.weight_decay_mode = True, 5e-5, "decoupled"
     o.exclude_bn_and_bias, o.grad_clip_norm = True, 2.5
     assert optim.describe_in_one_line(c, o, 256) == (

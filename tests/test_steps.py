@@ -190,3 +190,21 @@ def test_train_step_counts_top1_and_top5_by_the_label_rank():
     assert float(metrics["top1"]) == 0.25 and float(metrics["top5"]) == 0.75
     assert float(metrics["loss"]) == pytest.approx(
         smoothed_cross_entropy(logits, labels, 0.0).mean(), rel=1e-6)
+
+
+def test_create_train_state_initialises_in_eval_mode_so_grouped_batchnorm_accepts_one_image():
+    """The state is initialised on a single image in eval mode: a train-mode init would ask
+    BatchNorm for statistics over groups of 4 examples of a batch of 1."""
+
+    class GroupedNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = BatchNorm(use_running_average=not train, group_size=4, name="bn")(x)
+            return nn.Dense(7, name="head")(jnp.mean(x, axis=(1, 2)))
+
+    state = create_train_state(GroupedNet(), optax.sgd(0.1), (4, 4, 3), seed=0)
+    init_rng = jax.random.split(jax.random.PRNGKey(0))[0]
+    variables = GroupedNet().init(init_rng, jnp.zeros((1, 4, 4, 3)))
+    jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
+    with pytest.raises(ValueError, match="not a multiple of bn_group_size 4"):
+        GroupedNet().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)), train=True)
