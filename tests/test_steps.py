@@ -208,3 +208,23 @@ def test_create_train_state_initialises_in_eval_mode_so_grouped_batchnorm_accept
     jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
     with pytest.raises(ValueError, match="not a multiple of bn_group_size 4"):
         GroupedNet().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)), train=True)
+
+
+def test_eval_step_normalises_with_the_running_statistics():
+    """Eval mode: BatchNorm uses the state's running mean and variance, not the batch's."""
+    model = TinyNet()
+    state = create_train_state(model, optax.sgd(0.1), (4, 4, 3), seed=0)
+    stats = {"bn": {"mean": np.array([1.0, -2.0, 0.5], np.float32),
+                    "var": np.array([4.0, 0.25, 2.0], np.float32)}}
+    state = state.replace(batch_stats=stats)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 4, 4, 3)).astype(np.float32)
+    labels = np.array([1, 4, 6], np.int32)
+    sums = jax.jit(make_eval_step(model))(state, {"image": x, "label": labels,
+                                                  "mask": np.ones(3, bool)})
+    p = state.params
+    y = ((x - stats["bn"]["mean"]) / np.sqrt(stats["bn"]["var"] + 1e-5) * np.asarray(p["bn"]["scale"])
+         + np.asarray(p["bn"]["bias"]))
+    logits = y.mean((1, 2)) @ np.asarray(p["head"]["kernel"]) + np.asarray(p["head"]["bias"])
+    assert float(sums["loss"]) == pytest.approx(
+        smoothed_cross_entropy(logits, labels, 0.0).sum(), rel=1e-5)
