@@ -275,3 +275,24 @@ def test_cifar_padding_is_an_eighth_of_the_crop_size():
         rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
         widest = max(widest, rows[0], 55 - rows[-1], cols[0], 55 - cols[-1])
     assert widest == 7
+
+
+def test_resize_keeps_black_and_white_pixels_at_0_and_255():
+    """Rounded antialiased resizing of a black-and-white image keeps both ends of the range."""
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, :15] = 255
+    resized = preprocessing.resize_shorter_side(image, 10).numpy()
+    assert resized.shape == (10, 15, 3)
+    np.testing.assert_array_equal(resized[:, :5], 255.0)
+    np.testing.assert_array_equal(resized[:, -5:], 0.0)
+
+
+def test_paper_window_of_a_one_pixel_high_image_is_one_pixel():
+    """The window side is at least one pixel, even where the scaled side rounds to 0
+    (shorter side 1, resized to more than 448 at crop 224)."""
+    tf = tensorflow()
+    pre = preprocessor(224, 256, augment="paper_imagenet")
+    window = tf.function(lambda seed: pre._paper_window(tf.constant(1), tf.constant(7), seed))
+    for i in range(40):
+        y, x, h, w = (int(v) for v in window(tf.constant([6, i], tf.int64)))
+        assert (y, h, w) == (0, 1, 1) and 0 <= x <= 6

@@ -223,8 +223,8 @@ def test_eval_step_normalises_with_the_running_statistics():
     sums = jax.jit(make_eval_step(model))(state, {"image": x, "label": labels,
                                                   "mask": np.ones(3, bool)})
     p = state.params
-    y = ((x - stats["bn"]["mean"]) / np.sqrt(stats["bn"]["var"] + 1e-5) * np.asarray(p["bn"]["scale"])
-         + np.asarray(p["bn"]["bias"]))
+    y = ((x - stats["bn"]["mean"]) / np.sqrt(stats["bn"]["var"] + 1e-5)
+         * np.asarray(p["bn"]["scale"]) + np.asarray(p["bn"]["bias"]))
     logits = y.mean((1, 2)) @ np.asarray(p["head"]["kernel"]) + np.asarray(p["head"]["bias"])
     assert float(sums["loss"]) == pytest.approx(
         smoothed_cross_entropy(logits, labels, 0.0).sum(), rel=1e-5)
