@@ -217,3 +217,19 @@ def test_unknown_stem_is_rejected():
     with pytest.raises(ValueError, match="stem must be one of"):
         ResNet(stage_sizes=(1,), stage_planes=(4,), stem="tiny").init(
             jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_network_updates_running_statistics_with_momentum_0_9_by_default():
+    """Train mode: the stem's BatchNorm keeps 0.9 * running + 0.1 * batch (biased variance) of the
+    stem convolution's output."""
+    model = ResNet(stage_sizes=(1,), stage_planes=(4,), stem="cifar", num_classes=5)
+    x = np.random.default_rng(3).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    variables = random_variables(model, x, seed=5)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    stem = np_conv(x, variables["params"]["stem_conv"]["kernel"])
+    old = variables["batch_stats"]["stem_bn"]
+    new = updates["batch_stats"]["stem_bn"]
+    np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * stem.mean((0, 1, 2)),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * stem.var((0, 1, 2)),
+                               rtol=1e-5, atol=1e-5)
