@@ -205,7 +205,7 @@ NETWORKS = {
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_network_forward_matches_numpy(name):
     model = NETWORKS[name]
-    size = 12 if model.stem == "imagenet" else 8
+    size = 14 if model.stem == "imagenet" else 8  # 14: the max-pool sees a 7 x 7 input
     x = np.random.default_rng(2).normal(size=(2, size, size, 3)).astype(np.float32)
     variables = random_variables(model, x, seed=len(name))
     logits = model.apply(variables, x)
@@ -233,3 +233,12 @@ def test_network_updates_running_statistics_with_momentum_0_9_by_default():
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * stem.var((0, 1, 2)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_default_network_options_are_torchvision_resnets():
+    """Without options a bottleneck network is a plain ResNet (one group, 64 channels per group):
+    the 3x3 convolution has `planes` channels in and out."""
+    model = ResNet(stage_sizes=(1,), stage_planes=(4,), block="bottleneck", num_classes=5)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    assert shapes["params"]["stage1_block1"]["conv2"]["kernel"].shape == (3, 3, 4, 4)
+    assert shapes["params"]["stage1_block1"]["conv3"]["kernel"].shape == (1, 1, 4, 16)
