@@ -169,6 +169,7 @@ def test_inception_window_area_and_aspect_ranges():
         xs.append(x)
         aspects.append(w / h)
     assert len({y for y in ys}) > 50 and len({x for x in xs}) > 50
+    assert sum(x != y for x, y in zip(xs, ys)) > 250  # independent offsets on the two axes
     assert 0.08 - 0.01 <= min(areas) < 0.2 and max(areas) > 0.6 and max(areas) <= 1.0
     assert 3 / 4 - 0.02 <= min(aspects) < 0.85 and 1.2 < max(aspects) <= 4 / 3 + 0.02
 
