@@ -265,17 +265,37 @@ def test_decode_takes_the_first_frame_of_an_animated_gif():
     assert image.shape == (6, 7, 3) and abs(int(image.mean()) - 40) <= 2
 
 
-def test_cifar_padding_is_an_eighth_of_the_crop_size():
-    """At crop size 56 the padding is 56 / 8 = 7 pixels: the widest strip of padding a crop shows."""
-    pre = preprocessor(56, 56, augment="cifar", mean=np.zeros(3, np.float32),
+@pytest.mark.parametrize("size,pad", [(56, 7), (6, 1)])
+def test_cifar_padding_is_an_eighth_of_the_crop_size(size, pad):
+    """The padding is size / 8 pixels (at least 1): the widest strip of padding a crop shows."""
+    pre = preprocessor(size, size, augment="cifar", mean=np.zeros(3, np.float32),
                        std=np.ones(3, np.float32))
-    encoded = png(np.full((56, 56, 3), 200, np.uint8))
+    encoded = png(np.full((size, size, 3), 200, np.uint8))
     widest = 0
     for i in range(60):
         out = pre.train(encoded, np.array([8, i], np.int64)).numpy()[..., 0]
         rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
-        widest = max(widest, rows[0], 55 - rows[-1], cols[0], 55 - cols[-1])
-    assert widest == 7
+        widest = max(widest, rows[0], size - 1 - rows[-1], cols[0], size - 1 - cols[-1])
+    assert widest == pad
+
+
+def test_paper_crops_are_square_in_the_image_and_inception_crops_are_not():
+    """Train crops of an image whose red channel is the column and green the row: a paper crop is a
+    square of the image (equal spans of red and green in the output), an inception crop has a
+    random aspect ratio."""
+    y, x = np.mgrid[:200, :200]
+    encoded = png(np.stack([x, y, np.zeros_like(x)], -1).astype(np.uint8))
+    zero, one = np.zeros(3, np.float32), np.ones(3, np.float32)
+
+    def spans(augment):
+        pre = preprocessor(8, 8, augment=augment, mean=zero, std=one)
+        out = [pre.train(encoded, np.array([9, i], np.int64)).numpy() for i in range(20)]
+        return np.array([[np.ptp(o[..., 0]), np.ptp(o[..., 1])] for o in out])
+
+    paper = spans("paper_imagenet")
+    np.testing.assert_allclose(paper[:, 0], paper[:, 1], atol=1e-3)
+    inception = spans("inception")
+    assert np.abs(inception[:, 0] - inception[:, 1]).max() > 5
 
 
 def test_resize_keeps_black_and_white_pixels_at_0_and_255():
