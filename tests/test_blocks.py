@@ -242,3 +242,14 @@ def test_default_network_options_are_torchvision_resnets():
     shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
     assert shapes["params"]["stage1_block1"]["conv2"]["kernel"].shape == (3, 3, 4, 4)
     assert shapes["params"]["stage1_block1"]["conv3"]["kernel"].shape == (1, 1, 4, 16)
+
+
+def test_bottleneck_strides_the_3x3_by_default():
+    """The default bottleneck is v1.5 (torchvision): the numpy block with the stride on the 3x3."""
+    block = BottleneckBlock(features=8, stride=2, width=4, norm=eval_norm)
+    x = np.random.default_rng(4).normal(size=(2, 6, 6, 4)).astype(np.float32)
+    variables = random_variables(block, x, seed=6)
+    v15 = BottleneckBlock(features=8, stride=2, width=4, stride_on_3x3=True)
+    np.testing.assert_allclose(block.apply(variables, x),
+                               np_block(v15, variables["params"], variables["batch_stats"], x),
+                               rtol=1e-4, atol=1e-4)
