@@ -262,9 +262,8 @@ def test_block_defaults_preactivate_the_input_and_width_64():
     x = np.random.default_rng(5).normal(size=(2, 6, 6, 4)).astype(np.float32)
     variables = random_variables(block, x, seed=7)
     reference = BasicBlock(features=4, preact=True, skip_preact=False)
-    np.testing.assert_allclose(block.apply(variables, x),
-                               np_block(reference, variables["params"], variables["batch_stats"], x),
-                               rtol=1e-4, atol=1e-4)
+    expected = np_block(reference, variables["params"], variables["batch_stats"], x)
+    np.testing.assert_allclose(block.apply(variables, x), expected, rtol=1e-4, atol=1e-4)
     shapes = jax.eval_shape(BottleneckBlock(features=256, norm=eval_norm).init, jax.random.key(0),
                             np.zeros((1, 4, 4, 256), np.float32))
     assert shapes["params"]["conv1"]["kernel"].shape == (1, 1, 256, 64)
