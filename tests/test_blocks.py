@@ -257,7 +257,7 @@ def test_bottleneck_strides_the_3x3_by_default():
 
 def test_block_defaults_preactivate_the_input_and_width_64():
     """A pre-activation block applies its leading BN-ReLU unless told to skip it; a bottleneck's
-    width defaults to 64, in one group."""
+    width defaults to 64, in one group; the branch does not start at zero."""
     block = BasicBlock(features=4, preact=True, norm=eval_norm)
     x = np.random.default_rng(5).normal(size=(2, 6, 6, 4)).astype(np.float32)
     variables = random_variables(block, x, seed=7)
@@ -268,3 +268,5 @@ def test_block_defaults_preactivate_the_input_and_width_64():
                             np.zeros((1, 4, 4, 256), np.float32))
     assert shapes["params"]["conv1"]["kernel"].shape == (1, 1, 256, 64)
     assert shapes["params"]["conv2"]["kernel"].shape == (3, 3, 64, 64)  # one group
+    params = BasicBlock(features=4, norm=eval_norm).init(jax.random.key(0), x)["params"]
+    np.testing.assert_array_equal(params["bn2"]["scale"], 1.0)  # no zero-init by default
