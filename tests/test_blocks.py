@@ -236,12 +236,16 @@ def test_network_updates_running_statistics_with_momentum_0_9_by_default():
 
 
 def test_default_network_options_are_torchvision_resnets():
-    """Without options a bottleneck network is a plain ResNet (one group, 64 channels per group):
-    the 3x3 convolution has `planes` channels in and out."""
-    model = ResNet(stage_sizes=(1,), stage_planes=(4,), block="bottleneck", num_classes=5)
+    """Without options a bottleneck network is a plain ImageNet ResNet: one group of 64 channels
+    per group (the 3x3 convolution has `planes` channels in and out), 1000 classes, no zero-init."""
+    model = ResNet(stage_sizes=(1,), stage_planes=(64,), block="bottleneck")
     shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
-    assert shapes["params"]["stage1_block1"]["conv2"]["kernel"].shape == (3, 3, 4, 4)
-    assert shapes["params"]["stage1_block1"]["conv3"]["kernel"].shape == (1, 1, 4, 16)
+    assert shapes["params"]["stage1_block1"]["conv2"]["kernel"].shape == (3, 3, 64, 64)
+    assert shapes["params"]["stage1_block1"]["conv3"]["kernel"].shape == (1, 1, 64, 256)
+    assert shapes["params"]["head"]["kernel"].shape == (256, 1000)
+    small = ResNet(stage_sizes=(1,), stage_planes=(4,), stem="cifar")
+    params = small.init(jax.random.key(0), np.zeros((1, 4, 4, 3), np.float32))["params"]
+    np.testing.assert_array_equal(params["stage1_block1"]["bn2"]["scale"], 1.0)
 
 
 def test_bottleneck_strides_the_3x3_by_default():
