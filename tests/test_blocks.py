@@ -274,3 +274,12 @@ def test_block_defaults_preactivate_the_input_and_width_64():
     assert shapes["params"]["conv2"]["kernel"].shape == (3, 3, 64, 64)  # one group
     params = BasicBlock(features=4, norm=eval_norm).init(jax.random.key(0), x)["params"]
     np.testing.assert_array_equal(params["bn2"]["scale"], 1.0)  # no zero-init by default
+
+
+def test_default_network_strides_the_3x3_of_its_bottlenecks():
+    """The default network is v1.5: the numpy network with the stride on the 3x3."""
+    model = ResNet(stage_sizes=(1, 1), stage_planes=(2, 4), block="bottleneck", num_classes=5)
+    x = np.random.default_rng(6).normal(size=(2, 14, 14, 3)).astype(np.float32)
+    variables = random_variables(model, x, seed=8)
+    expected = np_resnet(model.clone(stride_on_3x3=True), variables, x)
+    np.testing.assert_allclose(model.apply(variables, x), expected, rtol=1e-4, atol=1e-4)
