@@ -37,8 +37,8 @@ TESTS = {
     ],
     "resnet_jax/optim.py": ["tests/test_optim.py"],
     "resnet_jax/models/layers.py": LAYER_TESTS,
-    "resnet_jax/models/blocks.py": MODEL_TESTS,
-    "resnet_jax/models/resnet.py": MODEL_TESTS,
+    "resnet_jax/models/blocks.py": ["tests/test_blocks.py"] + MODEL_TESTS,
+    "resnet_jax/models/resnet.py": ["tests/test_blocks.py"] + MODEL_TESTS,
     "resnet_jax/data/preprocessing.py": [
         "tests/test_preprocessing.py",
         "tests/test_data_files.py::test_eval_views",

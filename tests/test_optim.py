@@ -140,3 +140,38 @@ def test_linear_scaling_rule_and_epoch_rounding():
     assert optim.peak_learning_rate(c, 512) == pytest.approx(0.2)
     assert optim.total_steps(c, 3) == 8  # round(7.5) half to even
     assert optim.total_steps(schedule_config(unit="steps", length=7.0), 3) == 7
+
+
+def test_describe_in_one_line_names_every_choice():
+    o = base_config().optimizer
+    c = schedule_config(unit="epochs", boundaries=(30, 60), base_lr=0.1, base_batch_size=256)
+    assert optim.describe_in_one_line(c, o, 512) == (
+        "piecewise lr 0.2, x0.1 at epochs 30, 60; SGD momentum 0.9, weight decay 0.0001 (l2)")
+    c = schedule_config(name="cosine", unit="steps", warmup=500, warmup_mode="constant",
+                        base_lr=0.1)
+    o.nesterov, o.weight_decay, o.weight_decay_mode = True, 5e-5, "decoupled"
+    o.exclude_bn_and_bias, o.grad_clip_norm = True, 2.5
+    assert optim.describe_in_one_line(c, o, 256) == (
+        "cosine lr 0.1 after 500 steps of constant warm-up decaying to 0; SGD momentum 0.9 "
+        "(Nesterov), weight decay 5e-05 (decoupled, kernels only), gradients clipped to norm 2.5")
+    c = schedule_config(name="constant", base_lr=0.1, boundaries=(15.0,))
+    o = base_config().optimizer
+    assert optim.describe_in_one_line(c, o, 256) == (
+        "constant lr 0.1; SGD momentum 0.9, weight decay 0.0001 (l2)")
+    c = schedule_config(boundaries=())
+    assert optim.describe_in_one_line(c, o, 256).startswith("piecewise lr 0.1; SGD")
+
+
+def test_describe_schedule_lists_only_steps_of_the_run():
+    """Boundaries at step 0 and at the run's end add no step before 0 or after the last one."""
+    c = schedule_config(unit="steps", length=100, boundaries=(0, 100), base_lr=0.1)
+    lines = optim.describe_schedule(c, 10, 256).splitlines()[1:]
+    assert [int(line.split()[1]) for line in lines] == [0, 99]
+    assert all(line.endswith("lr 0.01") for line in lines)
+
+
+def test_cosine_schedule_whose_warmup_is_the_whole_run():
+    """A warm-up as long as the run (a short debugging run) leaves no step to decay over: the
+    linear ramp 0 -> lr over the run's steps, no error."""
+    c = schedule_config(name="cosine", unit="steps", length=10, warmup=10, base_lr=0.1)
+    assert lrs(c, [0, 5, 9], batch=256) == pytest.approx([0.0, 0.05, 0.09])

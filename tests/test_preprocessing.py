@@ -169,6 +169,7 @@ def test_inception_window_area_and_aspect_ranges():
         xs.append(x)
         aspects.append(w / h)
     assert len({y for y in ys}) > 50 and len({x for x in xs}) > 50
+    assert sum(x != y for x, y in zip(xs, ys)) > 250  # independent offsets on the two axes
     assert 0.08 - 0.01 <= min(areas) < 0.2 and max(areas) > 0.6 and max(areas) <= 1.0
     assert 3 / 4 - 0.02 <= min(aspects) < 0.85 and 1.2 < max(aspects) <= 4 / 3 + 0.02
 
@@ -264,14 +265,58 @@ def test_decode_takes_the_first_frame_of_an_animated_gif():
     assert image.shape == (6, 7, 3) and abs(int(image.mean()) - 40) <= 2
 
 
-def test_cifar_padding_is_an_eighth_of_the_crop_size():
-    """At crop size 56 the padding is 56 / 8 = 7 pixels: the widest strip of padding a crop shows."""
-    pre = preprocessor(56, 56, augment="cifar", mean=np.zeros(3, np.float32),
+@pytest.mark.parametrize("size,pad", [(56, 7), (6, 1)])
+def test_cifar_padding_is_an_eighth_of_the_crop_size(size, pad):
+    """The padding is size / 8 pixels (at least 1): the widest strip of padding a crop shows."""
+    pre = preprocessor(size, size, augment="cifar", mean=np.zeros(3, np.float32),
                        std=np.ones(3, np.float32))
-    encoded = png(np.full((56, 56, 3), 200, np.uint8))
+    encoded = png(np.full((size, size, 3), 200, np.uint8))
     widest = 0
     for i in range(60):
         out = pre.train(encoded, np.array([8, i], np.int64)).numpy()[..., 0]
         rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
-        widest = max(widest, rows[0], 55 - rows[-1], cols[0], 55 - cols[-1])
-    assert widest == 7
+        widest = max(widest, rows[0], size - 1 - rows[-1], cols[0], size - 1 - cols[-1])
+    assert widest == pad
+
+
+def test_paper_crops_are_square_in_the_image_and_inception_crops_are_not():
+    """Train crops of an image whose red channel is the column and green the row: a paper crop is a
+    square of the image (equal spans of red and green in the output), an inception crop has a
+    random aspect ratio."""
+    y, x = np.mgrid[:200, :200]
+    encoded = png(np.stack([x, y, np.zeros_like(x)], -1).astype(np.uint8))
+    zero, one = np.zeros(3, np.float32), np.ones(3, np.float32)
+
+    def spans(augment):
+        pre = preprocessor(8, 8, augment=augment, mean=zero, std=one)
+        out = [pre.train(encoded, np.array([9, i], np.int64)).numpy() for i in range(20)]
+        return np.array([[np.ptp(o[..., 0]), np.ptp(o[..., 1])] for o in out])
+
+    paper = spans("paper_imagenet")
+    np.testing.assert_allclose(paper[:, 0], paper[:, 1], atol=1e-3)
+    inception = spans("inception")
+    assert np.abs(inception[:, 0] - inception[:, 1]).max() > 5
+
+
+def test_resize_keeps_black_and_white_pixels_at_0_and_255():
+    """Rounded antialiased resizing of a black-and-white image keeps both ends of the range."""
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, :15] = 255
+    resized = preprocessing.resize_shorter_side(image, 10).numpy()
+    assert resized.shape == (10, 15, 3)
+    np.testing.assert_array_equal(resized[:, :5], 255.0)
+    np.testing.assert_array_equal(resized[:, -5:], 0.0)
+
+
+def test_paper_window_of_a_one_pixel_high_image_is_one_pixel():
+    """The window side is at least one pixel, even where the scaled side rounds to 0
+    (shorter side 1, resized to more than 448 at crop 224)."""
+    tf = tensorflow()
+    pre = preprocessor(224, 256, augment="paper_imagenet")
+    window = tf.function(lambda seed: pre._paper_window(tf.constant(1), tf.constant(7), seed))
+    xs = set()
+    for i in range(60):
+        y, x, h, w = (int(v) for v in window(tf.constant([6, i], tf.int64)))
+        assert (y, h, w) == (0, 1, 1)
+        xs.add(x)
+    assert xs == set(range(7))  # every offset, both ends included

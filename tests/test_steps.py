@@ -170,3 +170,61 @@ def test_eval_sums_per_class_over_unmasked_rows():
     assert float(sums["top1"]) == 2 and float(sums["top5"]) == 3 and float(sums["count"]) == 4
     np.testing.assert_array_equal(sums["class_top1"], [1, 0, 0, 0, 0, 0, 1])
     np.testing.assert_array_equal(sums["class_count"], [1, 1, 1, 0, 0, 0, 1])
+
+
+def test_train_step_counts_top1_and_top5_by_the_label_rank():
+    """Fixed logits (the image's first pixel plus a zero bias): labels ranked 0, 1, 4 and 5 among 7
+    classes give top-1 1/4 and top-5 3/4; the loss is the plain cross-entropy."""
+
+    class Logits(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return x[:, 0, 0, :] + self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+
+    logits = np.array([[5.0, 4, 3, 2, 1, 0, -1]] * 4, np.float32)
+    labels = np.array([0, 1, 4, 5], np.int32)
+    tx = optax.sgd(0.1)
+    state = create_train_state(Logits(), tx, (1, 1, 7), seed=0)
+    step = jax.jit(make_train_step(Logits(), tx, optax.constant_schedule(0.1)))
+    metrics = step(state, {"image": logits[:, None, None, :], "label": labels})[1]
+    assert float(metrics["top1"]) == 0.25 and float(metrics["top5"]) == 0.75
+    assert float(metrics["loss"]) == pytest.approx(
+        smoothed_cross_entropy(logits, labels, 0.0).mean(), rel=1e-6)
+
+
+def test_create_train_state_initialises_in_eval_mode_so_grouped_batchnorm_accepts_one_image():
+    """The state is initialised on a single image in eval mode: a train-mode init would ask
+    BatchNorm for statistics over groups of 4 examples of a batch of 1."""
+
+    class GroupedNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = BatchNorm(use_running_average=not train, group_size=4, name="bn")(x)
+            return nn.Dense(7, name="head")(jnp.mean(x, axis=(1, 2)))
+
+    state = create_train_state(GroupedNet(), optax.sgd(0.1), (4, 4, 3), seed=0)
+    init_rng = jax.random.split(jax.random.PRNGKey(0))[0]
+    variables = GroupedNet().init(init_rng, jnp.zeros((1, 4, 4, 3)))
+    jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
+    with pytest.raises(ValueError, match="not a multiple of bn_group_size 4"):
+        GroupedNet().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)), train=True)
+
+
+def test_eval_step_normalises_with_the_running_statistics():
+    """Eval mode: BatchNorm uses the state's running mean and variance, not the batch's."""
+    model = TinyNet()
+    state = create_train_state(model, optax.sgd(0.1), (4, 4, 3), seed=0)
+    stats = {"bn": {"mean": np.array([1.0, -2.0, 0.5], np.float32),
+                    "var": np.array([4.0, 0.25, 2.0], np.float32)}}
+    state = state.replace(batch_stats=stats)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 4, 4, 3)).astype(np.float32)
+    labels = np.array([1, 4, 6], np.int32)
+    sums = jax.jit(make_eval_step(model))(state, {"image": x, "label": labels,
+                                                  "mask": np.ones(3, bool)})
+    p = state.params
+    y = ((x - stats["bn"]["mean"]) / np.sqrt(stats["bn"]["var"] + 1e-5)
+         * np.asarray(p["bn"]["scale"]) + np.asarray(p["bn"]["bias"]))
+    logits = y.mean((1, 2)) @ np.asarray(p["head"]["kernel"]) + np.asarray(p["head"]["bias"])
+    assert float(sums["loss"]) == pytest.approx(
+        smoothed_cross_entropy(logits, labels, 0.0).sum(), rel=1e-5)
