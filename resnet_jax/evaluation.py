@@ -365,6 +365,9 @@ def _watch(session: _Session, ckpt: Checkpointer) -> list[dict]:
                 unrecorded[step] = e
             except DamagedCheckpointError as e:
                 _flag(session, ckpt, e, bad)
+            except FileNotFoundError as e:  # the run's retention deleted it while it was read
+                _flag(session, ckpt, DamagedCheckpointError(step, str(e), "a file vanished while "
+                                                            "it was read"), bad)
         if records and last >= records[-1]["final_step"] and not unrecorded:
             break
         if time.monotonic() >= deadline:
