@@ -143,6 +143,24 @@ def first_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> Optio
     return problems[0] + more
 
 
+LISTING_ATTEMPTS = 6
+
+
+def _read_listing(read: Callable[[], Any]) -> Any:
+    """`read()`, an Orbax call that lists the step folders and then reads each one's metadata,
+    repeated while a folder vanishes between the two: another process moved or deleted it (a
+    resume setting a step aside, the run's retention policy; neither is atomic on gs://).
+    Orbax raises FileNotFoundError or NotADirectoryError then; the last attempt's error is raised.
+    """
+    for attempt in range(LISTING_ATTEMPTS):
+        try:
+            return read()
+        except (FileNotFoundError, NotADirectoryError):
+            if attempt == LISTING_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)
+
+
 class Restored(NamedTuple):
     state: Any
     meta: dict
@@ -172,10 +190,10 @@ class Checkpointer:
             preservation_policy=policy, enable_async_checkpointing=True,
             cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
         try:
-            self.manager = ocp.CheckpointManager(
+            self.manager = _read_listing(lambda: ocp.CheckpointManager(
                 self.directory, options=options,
                 item_handlers={"state": ocp.StandardCheckpointHandler(),
-                               "meta": ocp.JsonCheckpointHandler()})
+                               "meta": ocp.JsonCheckpointHandler()}))
         except Exception as e:  # noqa: BLE001 (creating the folder on a full disk, a bad bucket)
             raise StorageError(self.directory, storage.cause(e)) from e
 
@@ -349,12 +367,16 @@ class Checkpointer:
             self.step_dir(step).rename(target)
         except Exception as e:  # noqa: BLE001
             raise StorageError(target, storage.cause(e)) from e
-        self.manager.reload()
+        self.reload()
         return target
 
     def reload(self) -> None:
-        """Re-read the step list from disk (to see checkpoints another process has written)."""
-        self.manager.reload()
+        """Re-read the step list from disk (to see checkpoints another process has written or
+        removed). Raises StorageError if the folder keeps changing under the listing."""
+        try:
+            _read_listing(self.manager.reload)
+        except OSError as e:
+            raise StorageError(self.directory, storage.cause(e)) from e
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()

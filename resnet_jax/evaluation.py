@@ -290,16 +290,16 @@ def run(request: Request) -> list[dict]:
 
 
 def _flag(session: _Session, ckpt: Checkpointer, error, bad: list[int]) -> None:
-    """Print the row of a damaged or unverified step (then appended to `bad`), or of one the run's
-    retention policy deleted while it was being read."""
+    """Print the row of a damaged or unverified step (then appended to `bad`), or of one the run
+    removed while it was being read."""
     ckpt.reload()
     if error.step in ckpt.all_steps():
         bad.append(error.step)
         kind = "DAMAGED" if isinstance(error, DamagedCheckpointError) else "UNVERIFIED"
         session.row(f"{error.step:>10} {kind}: {error.path}: {error.reason}")
     else:
-        session.row(f"{error.step:>10} skipped: deleted by the run's retention policy before it "
-                    "could be evaluated")
+        session.row(f"{error.step:>10} skipped: removed by the run (its retention policy, or set "
+                    "aside on resume) before it could be evaluated")
 
 
 def _raise_if_bad(bad: list[int]) -> None:
@@ -365,7 +365,7 @@ def _watch(session: _Session, ckpt: Checkpointer) -> list[dict]:
                 unrecorded[step] = e
             except DamagedCheckpointError as e:
                 _flag(session, ckpt, e, bad)
-            except FileNotFoundError as e:  # the run's retention deleted it while it was read
+            except (FileNotFoundError, NotADirectoryError) as e:  # the run removed it mid-read
                 _flag(session, ckpt, DamagedCheckpointError(step, str(e), "a file vanished while "
                                                             "it was read"), bad)
         if records and last >= records[-1]["final_step"] and not unrecorded:

@@ -132,3 +132,42 @@ def test_bucket_unreachable_during_saves_loses_nothing(gcs, reference):
     print(f"\nbucket outage of 5 s: train.py exit {proc.returncode}")
     run_train(workdir)  # this process's environment points at the emulator
     assert_trees_equal(final_state(workdir)[0], reference[0])
+
+
+def test_step_list_survives_a_step_folder_moved_while_it_is_read(gcs):
+    """A reader's reload while another process moves a step folder (a resume setting it aside;
+    on gs:// a move is a copy and a delete) sees a consistent list instead of Orbax's
+    NotADirectoryError/FileNotFoundError (the race that failed an eval.py --watch run)."""
+    import threading
+
+    import jax.numpy as jnp
+
+    from resnet_jax.checkpoint import Checkpointer
+
+    directory = storage.path("gs://bucket/moving/checkpoints")
+    writer = Checkpointer(directory, async_save=False)
+    for step in (1, 2, 3):
+        writer.save(step, {"w": jnp.full((4,), float(step))}, {"step": step})
+    writer.close()
+    aside = storage.path("gs://bucket/moving/aside")
+    (aside / "marker").write_text("a folder exists on gs:// only while it holds an object")
+
+    moves = []
+
+    def move_back_and_forth():
+        for _ in range(10):
+            (directory / "3").rename(aside / "3")
+            (aside / "3").rename(directory / "3")
+            moves.append(2)
+
+    reader = Checkpointer(directory, read_only=True)
+    mover = threading.Thread(target=move_back_and_forth)
+    mover.start()
+    listings = []
+    while mover.is_alive():
+        reader.reload()
+        listings.append(tuple(reader.all_steps()))
+    mover.join()
+    reader.close()
+    assert len(moves) == 10 and len(listings) >= 3, "the moves did not overlap the listings"
+    assert set(listings) <= {(1, 2), (1, 2, 3)}, set(listings)
