@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.resize_size = placeholder(int)  # eval shorter side (None: 256 at 224; CIFAR: image_size)
     c.data.normalization = "per_channel"  # per_channel, per_pixel_mean, torchvision
     c.data.shuffle_buffer = placeholder(int)  # stream TFDS records via this buffer (None: auto)
+    c.data.placement = "auto"  # examples on the host, on the devices, or auto (data/__init__.py)
     c.data.max_shift = 1  # digits: random shift in pixels
     c.data.num_classes = 10  # synthetic
     c.data.num_train_examples = 1024  # synthetic
@@ -77,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.exclude_bn_and_bias = False
     c.optimizer.grad_clip_norm = 0.0
 
+    # Train steps run by one dispatch (a scan inside one compiled function); None: 20 when the data
+    # are on GPUs or TPUs, else 1 (experiment.py says why). Log, eval and checkpoint steps end a
+    # dispatch, so they are reached exactly.
+    c.steps_per_dispatch = placeholder(int)
     c.log_every_steps = 50
     c.eval_every_steps = placeholder(int)
     c.checkpoint_every_steps = 500
@@ -132,6 +137,7 @@ _RULES: list[tuple[str, Check, str]] = [
     ("optimizer.weight_decay_mode", lambda v: v in optim.WEIGHT_DECAY_MODES,
      f"one of {optim.WEIGHT_DECAY_MODES}"),
     ("optimizer.grad_clip_norm", lambda v: v >= 0, "a non-negative float (0 disables clipping)"),
+    ("steps_per_dispatch", lambda v: v is None or v > 0, "a positive int, or None for the default"),
     ("log_every_steps", lambda v: v > 0, "a positive int"),
     ("eval_every_steps", lambda v: v is None or v > 0, "a positive int, or None for every epoch"),
     ("checkpoint_every_steps", lambda v: v > 0, "a positive int"),

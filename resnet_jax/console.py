@@ -13,6 +13,8 @@ from tqdm import tqdm
 from resnet_jax import optim
 from resnet_jax.config import model_options, validate_config
 from resnet_jax.data import DataPlan, HostSlice, plan_data
+from resnet_jax.data import on_devices as data_on_devices
+from resnet_jax.experiment import resolve_steps_per_dispatch
 from resnet_jax.data.base import steps_per_epoch
 from resnet_jax.models.summary import ModelSummary, summarize
 
@@ -27,6 +29,8 @@ class RunPlan:
     device_count: int
     process_count: int
     device_kind: str
+    on_devices: bool  # the examples are held on the devices (config.data.placement)
+    steps_per_dispatch: int
 
     @property
     def steps_per_epoch(self) -> int:
@@ -49,8 +53,10 @@ def plan_run(config, device_count: Optional[int] = None) -> RunPlan:
     size, _, channels = data.image_shape
     model = summarize(config.model.name, size, channels, num_classes=data.num_classes,
                       **model_options(config))
+    on_devices = data_on_devices(config.data, hosts, config.seed)
     return RunPlan(config, data, model, device_count, jax.process_count(),
-                   jax.devices()[0].device_kind)
+                   jax.devices()[0].device_kind, on_devices,
+                   resolve_steps_per_dispatch(config, on_devices, jax.devices()[0].platform))
 
 
 def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int]) -> str:
@@ -71,7 +77,9 @@ def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int]) ->
         f"= {plan.device_count}; global batch {c.global_batch_size} = "
         f"{c.global_batch_size // plan.device_count} per device",
         f"data:     {c.data.dataset}: {d.num_train_examples:,} train / {d.num_eval_examples:,} eval "
-        f"examples, {d.num_classes} classes ({d.origin})",
+        f"examples, {d.num_classes} classes ({d.origin}); "
+        f"{'on the devices' if plan.on_devices else 'host pipeline'}, "
+        f"{plan.steps_per_dispatch} step(s) per dispatch",
         f"length:   {plan.total_steps:,} steps = {plan.total_steps / plan.steps_per_epoch:,.2f} "
         f"epochs of {plan.steps_per_epoch:,} steps",
         f"schedule: {optim.describe_in_one_line(c.schedule, c.optimizer, c.global_batch_size)}",

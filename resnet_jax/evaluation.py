@@ -39,8 +39,9 @@ def evaluate(exp, state, per_class: bool = False) -> dict[str, Any]:
     split) and "per_class_count" (ints).
     """
     totals = None
-    for local in exp.pipeline.eval_batches():
-        sums = exp.eval_step(state, parallel.global_batch(local, exp.mesh))
+    arrays = exp.device_data()
+    for local in exp.pipeline.eval_feed():
+        sums = exp.eval_feed_step(state, arrays, parallel.global_batch(local, exp.mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])

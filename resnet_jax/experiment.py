@@ -15,12 +15,26 @@ from resnet_jax import optim, parallel
 from resnet_jax.config import model_options, validate_config
 from resnet_jax.data import HostSlice, Pipeline, build_pipeline
 from resnet_jax.models import create_model
-from resnet_jax.steps import TrainState, create_train_state, make_eval_step, make_train_step
+from resnet_jax.steps import (TrainState, create_train_state, make_eval_step, make_multi_step,
+                              make_train_step)
 
 # The initialiser runs once: compiled unoptimised it builds in a fraction of the time (ResNet-20 on
 # 2 CPU cores: 0.7 s instead of 22 s, nearly all of it XLA optimising threefry random-number code),
 # with values within an ulp of the optimised build's.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# Train steps per dispatch when config.steps_per_dispatch is None, the examples are on the devices
+# and the devices are GPUs or TPUs: a divisor of the paper's CIFAR log, eval and checkpoint
+# intervals (100, 1000, 2000 steps), so every dispatch is a full one. On CPU the default is 1:
+# XLA:CPU runs a loop body's convolutions several times slower (docs/performance.md), and a host
+# pipeline would make each step wait for the batches of the next ones.
+ACCELERATOR_STEPS_PER_DISPATCH = 20
+
+
+def resolve_steps_per_dispatch(config, on_devices: bool, platform: str) -> int:
+    """config.steps_per_dispatch, or its default for data `on_devices` on a `platform` device."""
+    if config.steps_per_dispatch:
+        return config.steps_per_dispatch
+    return ACCELERATOR_STEPS_PER_DISPATCH if on_devices and platform != "cpu" else 1
 
 
 @dataclasses.dataclass
@@ -35,12 +49,22 @@ class Experiment:
     tx: optax.GradientTransformation
     total_steps: int
     init: Callable[[], TrainState]  # jitted steps.create_train_state with replicated output
-    train_step: Callable
-    eval_step: Callable
+    train_step: Callable  # (state, global batch) -> (state, metrics)
+    eval_step: Callable  # (state, global eval batch) -> sums
+    multi_step: Callable  # (state, device_data(), global feeds [n, B]) -> (state, metrics [n])
+    eval_feed_step: Callable  # (state, device_data(), global eval feed) -> sums
+    steps_per_dispatch: int
+    _device_data: Any = None
 
     @property
     def steps_per_epoch(self) -> int:
         return self.pipeline.steps_per_epoch
+
+    def device_data(self) -> dict[str, jax.Array]:
+        """The pipeline's device arrays, replicated on the mesh (placed at the first call)."""
+        if self._device_data is None:
+            self._device_data = parallel.replicate(self.pipeline.device_arrays(), self.mesh)
+        return self._device_data
 
     def create_train_state(self) -> TrainState:
         """A freshly initialised, replicated train state (`init` compiled unoptimised)."""
@@ -70,11 +94,19 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     init = jax.jit(partial(create_train_state, model, tx, pipeline.image_shape, config.seed),
                    out_shardings=replicated)
-    train_step = jax.jit(make_train_step(model, tx, schedule, config.label_smoothing),
-                         in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
-                         donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch),
-                        out_shardings=replicated)
+    step_fn = make_train_step(model, tx, schedule, config.label_smoothing)
+    eval_fn = make_eval_step(model)
+    train_step = jax.jit(step_fn, in_shardings=(replicated, batch),
+                         out_shardings=(replicated, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(eval_fn, in_shardings=(replicated, batch), out_shardings=replicated)
+    multi_step = jax.jit(make_multi_step(step_fn, pipeline.train_batch_from_feed),
+                         in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
+                         out_shardings=(replicated, replicated), donate_argnums=(0,))
+    eval_feed_step = jax.jit(
+        lambda state, arrays, feed: eval_fn(state, pipeline.eval_batch_from_feed(arrays, feed)),
+        in_shardings=(replicated, replicated, batch), out_shardings=replicated)
+    steps_per_dispatch = resolve_steps_per_dispatch(config, bool(pipeline.device_arrays()),
+                                                    mesh.devices.flat[0].platform)
     return Experiment(config, mesh, pipeline, model, schedule, tx,
                       optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,
-                      train_step, eval_step)
+                      train_step, eval_step, multi_step, eval_feed_step, steps_per_dispatch)

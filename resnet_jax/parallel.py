@@ -75,11 +75,25 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def steps_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """[steps, batch, ...] arrays: the batch axis (the second) split over the data axis."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
+                 steps_axis: bool = False) -> dict[str, jax.Array]:
     """Assemble each process's rows into global arrays sharded over the batch axis.
 
-    local_batch values have leading dimension global_batch / process_count; the result has the global
-    batch, process i holding rows [i * local, (i + 1) * local).
+    local_batch values have leading dimension global_batch / process_count (after a leading steps
+    axis if `steps_axis`); the result has the global batch, process i holding rows
+    [i * local, (i + 1) * local).
     """
-    sharding = batch_sharded(mesh)
+    sharding = steps_batch_sharded(mesh) if steps_axis else batch_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def replicate(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """The same host arrays (equal on every process) as arrays replicated on every device."""
+    sharding = replicated(mesh)
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+            for k, v in arrays.items()}

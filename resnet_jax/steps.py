@@ -87,6 +87,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return train_step
 
 
+def make_multi_step(train_step: Callable, batch_from_feed: Callable) -> Callable:
+    """multi_step(state, arrays, feeds) -> (state, metrics): one train step per feed, in order, as
+    one computation, so one dispatch runs them all.
+
+    `feeds`' leaves have a leading steps axis n; the batch of each step is
+    batch_from_feed(arrays, feed, state.step) (state.step: the step's 0-based index); metrics are
+    train_step's, each stacked to [n]. n > 1 is a scan; n = 1 is the step itself, without a loop
+    (XLA:CPU runs convolutions inside a loop body several times slower: jax-ml/jax#12868).
+    """
+
+    def multi_step(state: TrainState, arrays, feeds) -> tuple[TrainState, dict]:
+        def body(state, feed):
+            return train_step(state, batch_from_feed(arrays, feed, state.step))
+
+        if jax.tree.leaves(feeds)[0].shape[0] == 1:
+            state, metrics = body(state, jax.tree.map(lambda x: x[0], feeds))
+            return state, jax.tree.map(lambda x: x[None], metrics)
+        return jax.lax.scan(body, state, feeds)
+
+    return multi_step
+
+
 def make_eval_step(model: nn.Module) -> Callable:
     """eval_step(state, batch) -> float32 sums over the unmasked rows of the batch.
 

@@ -2,7 +2,8 @@
 
 `train_and_evaluate(config, workdir)` trains, evaluates and checkpoints, and resumes by itself from the
 latest complete checkpoint in `workdir/checkpoints`. The hot loop dispatches steps without waiting for
-the devices; metrics stay on device until a log, eval or checkpoint step fetches them.
+the devices, `steps_per_dispatch` of them per dispatch where no log, eval or checkpoint step falls
+inside; metrics stay on device until such a step fetches them.
 """
 
 import json
@@ -54,9 +55,11 @@ class _StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def requested(self, step: int) -> bool:
+    def requested(self, dispatch: int) -> bool:
+        """Whether to stop after the `dispatch`-th dispatch of this session (1, 2, ...): JAX's sync
+        point is one more than the largest count any process reported, so it counts calls."""
         if jax.process_count() > 1:
-            return bool(multihost_utils.reached_preemption_sync_point(step))
+            return bool(multihost_utils.reached_preemption_sync_point(dispatch))
         return self.event.is_set()
 
 
@@ -66,37 +69,42 @@ def peak_flops(device_kind: str) -> Optional[float]:
 
 
 class _TrainLogger:
-    """Holds per-step device metrics until a flush; then checks them, averages and writes them."""
+    """Holds the device metrics of dispatched steps until a flush; then checks them, averages and
+    writes them."""
 
     def __init__(self, exp: Experiment, writer: MetricWriter, console: Console,
                  train_flops_per_image: float, checkpointer: Checkpointer):
         self.exp, self.writer, self.console = exp, writer, console
         self.checkpointer = checkpointer
-        self.pending: list[tuple[int, dict]] = []
+        self.pending: list[tuple[int, dict]] = []  # (first step, metrics stacked [n]) per dispatch
         self.restart_window()
         self.flops = train_flops_per_image
         self.peak = peak_flops(jax.devices()[0].device_kind)
 
-    def add(self, step: int, metrics: dict) -> None:
-        self.pending.append((step, metrics))
-        self.window_steps += 1
-        self.console.advance()
+    def add(self, first_step: int, steps: int, metrics: dict) -> None:
+        """The metrics of steps first_step .. first_step + steps - 1, each stacked to [steps]."""
+        self.pending.append((first_step, metrics))
+        self.window_steps += steps
+        self.console.advance(steps)
 
     def check(self) -> None:
         """Fetch pending metrics; raise NonFiniteLossError naming the first bad step."""
         fetched = jax.device_get(self.pending)
-        for step, m in fetched:
-            if not all(m["finite"].values()):
-                raise divergence_error(step, m, self.checkpointer)
+        for first_step, m in fetched:
+            finite = np.logical_and.reduce(list(m["finite"].values()))
+            if not finite.all():
+                i = int(np.argmin(finite))
+                raise divergence_error(first_step + i, jax.tree.map(lambda x: x[i], m),
+                                       self.checkpointer)
         self.pending = fetched
 
     def flush(self, step: int) -> None:
         self.check()
         if not self.pending:
             return
-        mean = {k: float(np.mean([m[k] for _, m in self.pending]))
+        mean = {k: float(np.mean(np.concatenate([m[k] for _, m in self.pending])))
                 for k in self.pending[0][1] if k != "finite"}
-        mean["lr"] = float(self.pending[-1][1]["lr"])
+        mean["lr"] = float(self.pending[-1][1]["lr"][-1])
         mean["epoch"] = step / self.exp.steps_per_epoch
         speed = ""
         if self.window_steps:  # empty right after the compile step
@@ -118,6 +126,23 @@ class _TrainLogger:
 
     def restart_window(self) -> None:
         self.window_start, self.window_steps = time.perf_counter(), 0
+
+
+def _stack(feeds: list[dict]) -> dict:
+    """The feeds of consecutive steps stacked on a new leading axis (one feed: a view, no copy)."""
+    if len(feeds) == 1:
+        return {k: v[None] for k, v in feeds[0].items()}
+    return {k: np.stack([f[k] for f in feeds]) for k in feeds[0]}
+
+
+def _dispatch_length(step: int, steps_per_dispatch: int, config, eval_every: int,
+                     total_steps: int) -> int:
+    """Steps the dispatch after `step` runs: `steps_per_dispatch` when the next log, eval or
+    checkpoint step (or the end) is at least that far, else 1, so that every such step ends a
+    dispatch (two compiled lengths at most)."""
+    following = [(step // every + 1) * every
+                 for every in (config.log_every_steps, eval_every, config.checkpoint_every_steps)]
+    return steps_per_dispatch if min(following + [total_steps]) - step >= steps_per_dispatch else 1
 
 
 def restore_checkpoint(config, workdir: str, step: Optional[int] = None,
@@ -181,16 +206,25 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
     logger = _TrainLogger(exp, writer, console, plan.model.train_flops, checkpointer)
     eval_every = config.eval_every_steps or exp.steps_per_epoch
-    batches = exp.pipeline.train_batches(start)
+    feeds = exp.pipeline.train_feed(start)
+    arrays = exp.device_data()
+    compiled: set[int] = set()
+    step, dispatches = start, 0
     try:
         with _StopRequest() as stop:
-            for step in range(start + 1, exp.total_steps + 1):
-                state, metrics = exp.train_step(state, parallel.global_batch(next(batches), exp.mesh))
-                logger.add(step, metrics)
-                if step == start + 1:  # keep compilation out of the throughput window
+            while step < exp.total_steps:
+                n = _dispatch_length(step, exp.steps_per_dispatch, config, eval_every,
+                                     exp.total_steps)
+                local = _stack([next(feeds) for _ in range(n)])
+                state, metrics = exp.multi_step(
+                    state, arrays, parallel.global_batch(local, exp.mesh, steps_axis=True))
+                logger.add(step + 1, n, metrics)
+                step, dispatches = step + n, dispatches + 1
+                if n not in compiled:  # keep compilation out of the throughput window
+                    compiled.add(n)
                     logger.check()
                     logger.restart_window()
-                preempted = stop.requested(step)
+                preempted = stop.requested(dispatches)
                 last = step == exp.total_steps
                 if step % config.log_every_steps == 0 or last or preempted:
                     logger.flush(step)

@@ -47,7 +47,7 @@ def make_config(source, dataset_dirs, **data):
         c.data.update(dict(dataset="tfds", tfds_name="tiny_jpegs", data_dir=dataset_dirs["tfds"]))
     if source == "tfds_stream":
         c.data.shuffle_buffer = 8
-    c.data.update({"image_size": 32, "normalization": "torchvision", **data})
+    c.data.update({"image_size": 32, "normalization": "torchvision", "placement": "host", **data})
     validate_config(c)
     return c
 

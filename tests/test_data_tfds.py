@@ -16,6 +16,7 @@ from PIL import Image
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.data import HostSlice, build_pipeline
 from resnet_jax.data.image_files import synthetic_image
+from resnet_jax.data.on_device import Augmentation, DevicePipeline
 from train_cli import REPO
 
 MOCK_SPLITS = {"imagenet2012": {"train": 20, "validation": 10},
@@ -35,7 +36,7 @@ def write_metadata(name: str, data_dir: str) -> None:
 def config_for(dataset, data_dir, **data):
     c = base_config()
     c.global_batch_size, c.eval_batch_size = 8, 4
-    c.data.update({"dataset": dataset, "data_dir": data_dir, **data})
+    c.data.update({"dataset": dataset, "data_dir": data_dir, "placement": "host", **data})
     return c
 
 
@@ -71,6 +72,22 @@ def test_mock_cifar10(tmp_path):
     assert pipeline.preprocessor.train_augment == "cifar" and pipeline.preprocessor.resize_size == 32
     assert train["image"].shape == (8, 32, 32, 3) and train["label"].max() < 10
     assert [b["mask"].sum() for b in evals] == [4, 4, 2] and evals[0]["image"].shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("normalization", ["per_pixel_mean", "per_channel"])
+def test_mock_cifar10_on_the_devices_matches_the_host_pipeline(tmp_path, normalization):
+    write_metadata("cifar10", str(tmp_path))
+    configs = [config_for("cifar10", str(tmp_path), placement=p, normalization=normalization)
+               for p in ("host", "device")]
+    with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
+        (host, _, host_evals), (device, train, evals) = map(first_batches, configs)
+    assert isinstance(device, DevicePipeline) and device.augmentation == Augmentation(4, True)
+    assert train["image"].shape == (8, 32, 32, 3) and train["label"].max() < 10
+    assert len(evals) == len(host_evals) == 3
+    for d, h in zip(evals, host_evals):
+        real = h["mask"]
+        assert np.array_equal(d["mask"], real) and np.array_equal(d["label"][real], h["label"][real])
+        np.testing.assert_allclose(d["image"][real], h["image"][real], rtol=1e-6, atol=1e-6)
 
 
 def tar_member(tar, name, data):

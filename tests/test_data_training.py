@@ -2,19 +2,23 @@
 
 import os
 
+import pytest
+
 from resnet_jax.config import base_config
 from resnet_jax.data.image_files import store_folder_as_tfds, write_image_folder
 from resnet_jax.training import train_and_evaluate
 
 
-def test_train_and_evaluate_on_a_tiny_tfds_dataset(tmp_path):
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_train_and_evaluate_on_a_tiny_tfds_dataset(tmp_path, placement):
     folder = write_image_folder(str(tmp_path / "images"), {"train": 20, "test": 11}, 3, (36, 60),
                                 (36, 60))
     store_folder_as_tfds(folder, "tiny_train_jpegs", str(tmp_path / "tfds"))
     c = base_config()
     c.model.name = "cifar_resnet20"
     c.data.update({"dataset": "tfds", "tfds_name": "tiny_train_jpegs",
-                   "data_dir": str(tmp_path / "tfds"), "image_size": 32, "train_augment": "cifar"})
+                   "data_dir": str(tmp_path / "tfds"), "image_size": 32, "train_augment": "cifar",
+                   "placement": placement})
     c.global_batch_size = c.eval_batch_size = 8
     c.schedule.update({"unit": "steps", "length": 4.0, "boundaries": (2.0,)})
     c.eval_every_steps = 4  # one eval, at the end

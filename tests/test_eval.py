@@ -319,8 +319,8 @@ def test_torchvision_weights(tmp_path):
     [record] = run(Request(torchvision_weights=weights, overrides=overrides,
                            workdir=str(tmp_path / "out")))
     pipeline = build_experiment(resolve_config(Request(overrides=overrides), None)).pipeline
-    logits = jax.jit(lambda x: model.apply(variables, x, train=False))(pipeline.eval_images)
-    labels = pipeline.eval_labels
+    logits = jax.jit(lambda x: model.apply(variables, x, train=False))(pipeline.eval.images)
+    labels = pipeline.eval.labels
     loss = -np.mean(np.asarray(jax.nn.log_softmax(logits))[np.arange(len(labels)), labels])
     assert record["metrics"]["count"] == 20
     assert record["metrics"]["top1"] == pytest.approx(np.mean(np.argmax(logits, -1) == labels))

@@ -3,18 +3,26 @@
 digits and synthetic are in-memory arrays; cifar10, cifar100, imagenet2012, tfds (any TFDS dataset
 with an image and a label) and folder (<folder>/<split>/<class>/<image>) go through tf.data, which is
 imported only when one of those is built.
+
+config.data.placement chooses where the examples live: "host" (the pipelines above), "device"
+(on_device.py: loaded once onto the devices, batches made inside the jitted step) or "auto": on
+the devices when the dataset can be (digits, synthetic; TFDS and folder datasets with
+train_augment cifar or none and eval_crop center) and both splits take at most
+DEVICE_BUDGET_BYTES there.
 """
 
 import dataclasses
 from typing import Callable
 
+import numpy as np
+
 import resnet_jax.data.catalog as catalog
 import resnet_jax.data.splits as splits
 from resnet_jax.data.base import Batch, HostSlice, Pipeline
-from resnet_jax.data.embedded import digits_pipeline
-from resnet_jax.data.synthetic import synthetic_pipeline
+from resnet_jax.data.embedded import digits_device_pipeline, digits_pipeline
+from resnet_jax.data.synthetic import synthetic_device_pipeline, synthetic_pipeline
 from resnet_jax.data.sources import open_source
-from resnet_jax.data.tf_pipeline import check_dataset, split_ranges, tf_pipeline
+from resnet_jax.data.tf_pipeline import check_dataset, split_ranges, tf_device_pipeline, tf_pipeline
 from resnet_jax.errors import ConfigError
 
 PipelineBuilder = Callable[..., Pipeline]
@@ -25,6 +33,16 @@ BUILDERS: dict[str, PipelineBuilder] = {
     "synthetic": synthetic_pipeline,
     **{name: tf_pipeline for name in catalog.DATASETS},
 }
+# dataset name -> builder of its DevicePipeline (same signature)
+DEVICE_BUILDERS: dict[str, PipelineBuilder] = {
+    "digits": digits_device_pipeline,
+    "synthetic": synthetic_device_pipeline,
+    **{name: tf_device_pipeline for name in catalog.DATASETS},
+}
+PLACEMENTS = ("auto", "device", "host")
+# Both splits of a dataset that "auto" places on the devices (each device holds a copy): CIFAR
+# takes 184 MB as uint8, 64x64 Tiny ImageNet 1.3 GB; ImageNet stays on the host.
+DEVICE_BUDGET_BYTES = 2 << 30
 
 
 def _check_choice(data_config, field: str, allowed, none_allowed: bool = False) -> None:
@@ -39,6 +57,10 @@ def validate_data_config(data_config, require_data: bool = True) -> None:
     """Raise ConfigError naming the config.data field that is not allowed, or (with `require_data`)
     the dataset that is not there, before any compute and without downloading anything."""
     _check_choice(data_config, "dataset", BUILDERS)
+    _check_choice(data_config, "placement", PLACEMENTS)
+    if data_config.placement == "device" and device_unsupported(data_config):
+        raise ConfigError(f"config.data.placement='device' is not possible: "
+                          f"{device_unsupported(data_config)}; use 'host' or 'auto'")
     if data_config.max_shift < 0:
         raise ConfigError(f"config.data.max_shift={data_config.max_shift} must be >= 0")
     if data_config.image_size <= 0:
@@ -69,9 +91,49 @@ def validate_data_config(data_config, require_data: bool = True) -> None:
         check_dataset(data_config)
 
 
+def device_unsupported(data_config) -> str:
+    """Why `data_config` cannot be held on the devices, or "" when it can."""
+    name = data_config.dataset
+    if name not in DEVICE_BUILDERS:
+        return f"dataset {name!r} has no device-resident loader"
+    if name not in catalog.DATASETS:
+        return ""
+    augment = catalog.train_augment(data_config)
+    if augment not in ("cifar", "none"):
+        return (f"train_augment {augment!r} decodes and resizes every example anew (on the devices:"
+                f" 'cifar' or 'none')")
+    if data_config.eval_crop != "center":
+        return f"eval_crop {data_config.eval_crop!r} (on the devices: 'center')"
+    if data_config.shuffle_buffer is not None:
+        return "shuffle_buffer is set, which streams the train split through a buffer"
+    return ""
+
+
+def device_bytes(data_config, hosts: HostSlice, seed: int) -> int:
+    """Bytes both splits take on each device: uint8 images (float32 for synthetic) and labels."""
+    d = data_config
+    if d.dataset == "synthetic":
+        pixel_bytes, shape = 4, (d.image_size, d.image_size, d.channels)
+        examples = d.num_train_examples + d.num_eval_examples
+    else:
+        plan = plan_data(d, hosts, seed)
+        pixel_bytes, shape = 1, plan.image_shape
+        examples = plan.num_train_examples + plan.num_eval_examples
+    return examples * (int(np.prod(shape)) * pixel_bytes + 4)
+
+
+def on_devices(data_config, hosts: HostSlice, seed: int) -> bool:
+    """Whether config.data.placement (see the module docstring) puts the examples on the devices."""
+    if data_config.placement == "auto":
+        return (not device_unsupported(data_config)
+                and device_bytes(data_config, hosts, seed) <= DEVICE_BUDGET_BYTES)
+    return data_config.placement == "device"
+
+
 def build_pipeline(data_config, hosts: HostSlice, seed: int) -> Pipeline:
-    """The pipeline of `data_config.dataset` for this process."""
-    return BUILDERS[data_config.dataset](data_config, hosts, seed)
+    """The pipeline of `data_config.dataset` for this process, on the host or on the devices."""
+    builders = DEVICE_BUILDERS if on_devices(data_config, hosts, seed) else BUILDERS
+    return builders[data_config.dataset](data_config, hosts, seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +153,7 @@ def plan_data(data_config, hosts: HostSlice, seed: int) -> DataPlan:
     them). Raises ConfigError for any other dataset that is not prepared."""
     shape = (data_config.image_size, data_config.image_size, data_config.channels)
     if data_config.dataset not in catalog.DATASETS:
-        pipeline = build_pipeline(data_config, hosts, seed)
+        pipeline = BUILDERS[data_config.dataset](data_config, hosts, seed)
         return DataPlan(pipeline.num_classes, pipeline.image_shape, pipeline.num_train_examples,
                         pipeline.num_eval_examples, "in memory")
     entry = catalog.DATASETS[data_config.dataset]
@@ -117,5 +179,5 @@ def plan_data(data_config, hosts: HostSlice, seed: int) -> DataPlan:
                     splits.count(eval_ranges), f"prepared: {source.name}")
 
 
-__all__ = ["BUILDERS", "Batch", "DataPlan", "HostSlice", "Pipeline", "build_pipeline",
-           "check_dataset", "plan_data", "validate_data_config"]
+__all__ = ["BUILDERS", "Batch", "DEVICE_BUILDERS", "DataPlan", "HostSlice", "Pipeline",
+           "build_pipeline", "check_dataset", "on_devices", "plan_data", "validate_data_config"]

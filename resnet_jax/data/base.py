@@ -12,6 +12,12 @@ A pipeline yields host-local numpy batches: this process's rows of each global b
          key per size, "image_<size>", each of either form; the eval step averages over all views.
          Every example of the eval split appears exactly once across all processes, padding rows have
          mask False, and every process yields the same number of batches.
+The training loop and evaluation read a pipeline through its feeds: per step (per eval batch) a
+host-local dict that the jitted step turns into the batch with `train_batch_from_feed(arrays, feed,
+step)` (`eval_batch_from_feed(arrays, feed)`), where `arrays` is `device_arrays()` placed on the
+devices once. Host pipelines feed the batches themselves, have no device arrays, and these functions
+return the feed unchanged; pipelines that hold their examples on the devices (on_device.py) feed
+indices instead.
 """
 
 import abc
@@ -73,6 +79,11 @@ def pad_eval_batch(batch: Batch, size: int) -> Batch:
     return out
 
 
+def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """int64 [num_examples]: the order of the train examples in `epoch`, a function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
 def steps_per_epoch(num_train_examples: int, global_batch_size: int) -> int:
     """Global steps in one pass over the train split (the last partial batch is dropped)."""
     return max(1, num_train_examples // global_batch_size)
@@ -99,6 +110,28 @@ class Pipeline(abc.ABC):
     def eval_batches(self) -> Iterator[Batch]:
         """Host-local eval batches with masks, covering the eval split exactly once."""
 
+    def device_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays the jitted steps read besides the feeds, placed once on every device."""
+        return {}
+
+    def train_feed(self, start_step: int = 0) -> Iterator[Batch]:
+        """Host-local feeds of steps start_step, start_step + 1, ..."""
+        return self.train_batches(start_step)
+
+    def eval_feed(self) -> Iterator[Batch]:
+        """Host-local feeds of the eval batches (see eval_batches)."""
+        return self.eval_batches()
+
+    @staticmethod
+    def train_batch_from_feed(arrays, feed, step):
+        """The global train batch of 0-based `step` from its feed (traced inside the jitted step)."""
+        return feed
+
+    @staticmethod
+    def eval_batch_from_feed(arrays, feed):
+        """The global eval batch from its feed (traced inside the jitted step)."""
+        return feed
+
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -106,7 +139,7 @@ Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 class ArrayPipeline(Pipeline):
     """A pipeline over arrays held in memory (the embedded and synthetic datasets).
 
-    Order: epoch e is the permutation np.random.default_rng([seed, e]); step t reads rows
+    Order: epoch e is epoch_order(seed, e, N); step t reads rows
     [i * B, (i + 1) * B) of it with i = t mod steps_per_epoch. `augment(images, rng)` transforms a
     whole global batch with rng = default_rng([seed, t, 1]) before this process takes its rows, so
     the result does not depend on the process count.
@@ -131,9 +164,8 @@ class ArrayPipeline(Pipeline):
     def global_indices(self, step: int) -> np.ndarray:
         """Train-set indices of the global batch of `step`."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train_examples)
         b = self.hosts.global_batch_size
-        return order[i * b:(i + 1) * b]
+        return epoch_order(self.seed, epoch, self.num_train_examples)[i * b:(i + 1) * b]
 
     def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
         step = start_step

@@ -2,27 +2,37 @@
 
 No download. A fixed held-out split (every fifth example of a fixed permutation: 1,437 train, 360
 test). Images are scaled from 0..16 to [0, 1] and standardised by the train mean and std (one
-channel); training augmentation shifts each image by up to `max_shift` pixels (zero padding).
+channel); training augmentation shifts each image by up to `max_shift` pixels (zero padding). On the
+devices (digits_device_pipeline) the same, from the 0..16 pixels held as uint8.
 """
 
 import numpy as np
 
 from resnet_jax.data.base import ArrayPipeline, HostSlice
+from resnet_jax.data.on_device import Augmentation, DevicePipeline, Split
 
 NUM_CLASSES = 10
 
 
-def load_digits_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """((train images, labels), (test images, labels)); images float32 [N, 8, 8, 1] in [0, 1]."""
+LEVELS = 16  # pixel values are 0..16
+
+
+def load_digits_pixels() -> tuple[Split, Split]:
+    """(train, test); images uint8 [N, 8, 8, 1] with values 0..LEVELS."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    images = digits.images.astype(np.uint8)[..., None]
     labels = digits.target.astype(np.int32)
     order = np.random.RandomState(0).permutation(len(labels))
     test = order[::5]
     train = np.setdiff1d(order, test)
-    return (images[train], labels[train]), (images[test], labels[test])
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def load_digits_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((train images, labels), (test images, labels)); images float32 [N, 8, 8, 1] in [0, 1]."""
+    return tuple((s.images.astype(np.float32) / LEVELS, s.labels) for s in load_digits_pixels())
 
 
 def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
@@ -46,3 +56,12 @@ def digits_pipeline(data_config, hosts: HostSlice, seed: int) -> ArrayPipeline:
 
     return ArrayPipeline(((train_x - mean) / std, train_y), ((test_x - mean) / std, test_y),
                          NUM_CLASSES, hosts, seed, augment=augment)
+
+
+def digits_device_pipeline(data_config, hosts: HostSlice, seed: int) -> DevicePipeline:
+    """The digits held on the devices as their 0..16 pixels, normalised and shifted as
+    digits_pipeline does (no flip: a mirrored digit is another symbol)."""
+    train, test = load_digits_pixels()
+    pixels = train.images.astype(np.float64)
+    return DevicePipeline(train, test, NUM_CLASSES, pixels.mean(), pixels.std(),
+                          Augmentation(pad=int(data_config.get("max_shift", 1))), hosts, seed)

@@ -42,6 +42,11 @@ PCA_NOISE_STD = 0.1
 JPEG_DCT = "INTEGER_ACCURATE"
 
 
+def cifar_padding(image_size: int) -> int:
+    """Pixels of zero padding around an image before the cifar augmentation's random crop."""
+    return max(1, image_size // 8)
+
+
 def decode(encoded, channels: int):
     """uint8 [H, W, channels] from JPEG, PNG, GIF (first frame) or BMP bytes."""
     tf = tensorflow()
@@ -192,7 +197,7 @@ class Preprocessor:
         image = tf.cond(tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)),
                         lambda: image,
                         lambda: tf.image.resize(image, [size, size], method="bilinear", antialias=True))
-        pad = max(1, size // 8)
+        pad = cifar_padding(size)
         padded = tf.pad(self.normalize(image), [[pad, pad], [pad, pad], [0, 0]])
         return tf.image.stateless_random_crop(padded, [size, size, self.channels], seed)
 

@@ -3,6 +3,7 @@
 import numpy as np
 
 from resnet_jax.data.base import ArrayPipeline, HostSlice
+from resnet_jax.data.on_device import Augmentation, DevicePipeline, Split
 
 
 def synthetic_pipeline(data_config, hosts: HostSlice, seed: int) -> ArrayPipeline:
@@ -10,12 +11,25 @@ def synthetic_pipeline(data_config, hosts: HostSlice, seed: int) -> ArrayPipelin
 
     `data_config` fields: image_size, channels, num_classes, num_train_examples, num_eval_examples.
     """
+    train, test = synthetic_splits(data_config, seed)
+    return ArrayPipeline((train.images, train.labels), (test.images, test.labels),
+                         data_config.num_classes, hosts, seed)
+
+
+def synthetic_splits(data_config, seed: int) -> tuple[Split, Split]:
+    """(train, eval) of the synthetic dataset described above."""
     rng = np.random.default_rng(seed)
     shape = (data_config.image_size, data_config.image_size, data_config.channels)
 
     def split(n):
-        return (rng.standard_normal((n,) + shape, dtype=np.float32),
-                rng.integers(0, data_config.num_classes, n).astype(np.int32))
+        return Split(rng.standard_normal((n,) + shape, dtype=np.float32),
+                     rng.integers(0, data_config.num_classes, n).astype(np.int32))
 
-    return ArrayPipeline(split(data_config.num_train_examples), split(data_config.num_eval_examples),
-                         data_config.num_classes, hosts, seed)
+    return split(data_config.num_train_examples), split(data_config.num_eval_examples)
+
+
+def synthetic_device_pipeline(data_config, hosts: HostSlice, seed: int) -> DevicePipeline:
+    """The same arrays held on the devices (float32, no normalisation, no augmentation)."""
+    train, test = synthetic_splits(data_config, seed)
+    return DevicePipeline(train, test, data_config.num_classes, 0.0, 1.0, Augmentation(), hosts,
+                          seed)

@@ -18,7 +18,8 @@ import numpy as np
 import resnet_jax.data.catalog as catalog
 import resnet_jax.data.splits as splits
 from resnet_jax.data.base import Batch, HostSlice, Pipeline, pad_eval_batch
-from resnet_jax.data.preprocessing import Preprocessor, center_view
+from resnet_jax.data.on_device import Augmentation, DevicePipeline, Split
+from resnet_jax.data.preprocessing import Preprocessor, center_view, cifar_padding
 from resnet_jax.data.sources import Source, open_source, train_source
 from resnet_jax.data.splits import Range
 from resnet_jax.data.tf_runtime import dataset_options, tensorflow
@@ -193,3 +194,40 @@ def tf_pipeline(data_config, hosts: HostSlice, seed: int) -> TFDataPipeline:
         train_augment=catalog.train_augment(data_config), resize_size=catalog.resize_size(data_config),
         eval_crop=data_config.eval_crop, eval_scales=tuple(data_config.eval_scales), mean=mean, std=std)
     return TFDataPipeline(source, train, train_ranges, eval_ranges, preprocessor, hosts, seed)
+
+
+def decoded_split(source: Source, ranges: list[Range], data_config) -> Split:
+    """The eval centre views of the examples of `ranges`, decoded once: uint8 [N, S, S, C] (whole
+    pixel values, as center_view rounds them) and int32 labels."""
+    tf = tensorflow()
+    size, channels = data_config.image_size, data_config.channels
+    resize = catalog.resize_size(data_config)
+
+    def view(example):
+        image = center_view(source.load(example["image"]), channels, resize, size)
+        return tf.cast(image, tf.uint8), example["label"]
+
+    count = splits.count(ranges)
+    ds = source.read(ranges).take(count)
+    ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = list(ds.batch(1024).prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
+                   .as_numpy_iterator())
+    labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+    if len(labels) != count:
+        raise ValueError(f"{source.name}: read {len(labels)} examples of {splits.to_spec(ranges)}, "
+                         f"expected {count}")
+    return Split(np.concatenate([b[0] for b in batches]), labels)
+
+
+def tf_device_pipeline(data_config, hosts: HostSlice, seed: int) -> DevicePipeline:
+    """A TFDS or folder dataset held on the devices (train_augment cifar or none, eval_crop center):
+    both splits as their centre views (for non-square images the centre square, where the host
+    path's cifar augmentation resizes the whole image), normalised as the host path does."""
+    source = open_source(data_config)
+    train_ranges, eval_ranges = split_ranges(source, data_config)
+    mean, std = normalization_constants(source, train_ranges, data_config)
+    augmentation = (Augmentation(pad=cifar_padding(data_config.image_size), flip=True)
+                    if catalog.train_augment(data_config) == "cifar" else Augmentation())
+    return DevicePipeline(decoded_split(source, train_ranges, data_config),
+                          decoded_split(source, eval_ranges, data_config), source.num_classes,
+                          mean, std, augmentation, hosts, seed)
