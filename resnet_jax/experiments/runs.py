@@ -44,8 +44,8 @@ def config_runs(folder: storage.PathLike) -> list[epath.Path]:
 
 
 def sweep_configs(workdir_root: storage.PathLike) -> dict[str, list[epath.Path]]:
-    """{config name: its runs (config_runs)} for every folder directly under `workdir_root` that holds
-    runs, sorted by name; {} if there are none (or the root does not exist)."""
+    """{config name: its runs (config_runs)} for every folder directly under `workdir_root` that
+    holds runs, sorted by name; {} if there are none (or the root does not exist)."""
     root = storage.path(workdir_root)
     if not root.is_dir():
         return {}

@@ -14,9 +14,9 @@ config file's stem and its argument ("cifar-plain20").
 `--seeds` runs every config once per seed, each with `--config.seed=<s>` in
 <workdir_root>/<name>/seed<s> (experiments.runs, the layout the table and the plot read):
 `--seeds=5` is a count, seeds 0..4; a comma-separated list is those seeds, `--seeds=0,3,7` (one
-explicit seed: `--seeds=7,`). Runs go seed by seed (every config at the first seed, then every config
-at the next), so a sweep cut short still compares all configs. --seeds and --config.seed together
-are an error.
+explicit seed: `--seeds=7,`). Runs go seed by seed (every config at the first seed, then every
+config at the next), so a sweep cut short still compares all configs. --seeds and --config.seed
+together are an error.
 Runs are separate train.py processes, so a run resumes if the sweep is started again, and a finished
 run reports that it is complete and exits 0 (a few seconds of start-up each).
 """

@@ -11,11 +11,12 @@ Reads every config's runs under --workdir_root (experiments.runs: <root>/<name>/
 - parameters: the trainable parameters of the model the config builds for its dataset (image size,
   channels and classes), counted by resnet_jax.models.summary, shown as the paper does ("0.27M");
 - test error (%) as "best (mean ± std)" over the seeds, as the paper's Table 6. A run's error is
-  100 * (1 - top1) of its final eval, the one at the last step of its schedule: the paper reports the
-  error at the end of training, not the best along the way (choosing the best step would select on
-  the test set). std is the sample standard deviation (ddof=1): the seeds are a sample of the runs
-  the recipe can produce, and its run-to-run spread is what the column estimates (the population
-  formula, ddof=0, would understate it by sqrt((n-1)/n), 11 % at n=5). One seed: the error alone;
+  100 * (1 - top1) of its final eval, the one at the last step of its schedule: the paper reports
+  the error at the end of training, not the best along the way (choosing the best step would
+  select on the test set). std is the sample standard deviation (ddof=1): the seeds are a sample
+  of the runs the recipe can produce, and their run-to-run spread is what the column estimates
+  (the population formula, ddof=0, would understate it by a factor sqrt((n-1)/n), 11 % at n=5).
+  One seed: its error alone;
 - seeds: the number of complete runs the numbers are over.
 
 A run is complete when it has an eval at the last step of its schedule (`schedule.length`, through
@@ -122,15 +123,15 @@ def _flat(values: dict, prefix: str = "") -> dict:
 
 
 def _check_same_config(name: str, workdirs: list, configs: list) -> None:
-    """Raise UserError naming the first field (other than the seed) where two runs of `name` differ."""
+    """Raise UserError naming the first field but the seed where two runs of `name` differ."""
     first = _flat(configs[0].to_dict())
     for workdir, config in zip(workdirs[1:], configs[1:]):
         other = _flat(config.to_dict())
         for field in sorted(set(first) | set(other)):
             if field != "seed" and first.get(field) != other.get(field):
-                raise UserError(f"{name}: runs {workdirs[0]} and {workdir} differ in config.{field} "
-                                f"({first.get(field)!r} vs {other.get(field)!r}); one config's "
-                                "runs may differ only in the seed")
+                raise UserError(f"{name}: runs {workdirs[0]} and {workdir} differ in "
+                                f"config.{field} ({first.get(field)!r} vs {other.get(field)!r}); "
+                                "one config's runs may differ only in the seed")
 
 
 def aggregate(workdir_root) -> tuple[list[TableRow], list[str]]:
