@@ -121,6 +121,8 @@ def test_table_numbers_on_hand_made_runs(tmp_path):
     assert single.errors == pytest.approx([SINGLE_ERROR]) and single.std is None
     assert notes == [f"sweep-resnet32: left out {tmp_path}/sweep-resnet32/seed3, incomplete "
                      f"(step 50 of {LENGTH})"]
+    (one_config,), _ = table.aggregate(str(tmp_path / "sweep-plain20"))  # a root of seed folders
+    assert one_config.config == "sweep-plain20" and len(one_config.errors) == 3
 
 
 def test_table_command_writes_markdown_and_csv(tmp_path):

@@ -45,8 +45,11 @@ def config_runs(folder: storage.PathLike) -> list[epath.Path]:
 
 def sweep_configs(workdir_root: storage.PathLike) -> dict[str, list[epath.Path]]:
     """{config name: its runs (config_runs)} for every folder directly under `workdir_root` that
-    holds runs, sorted by name; {} if there are none (or the root does not exist)."""
+    holds runs, sorted by name; {} if there are none (or the root does not exist). A root that is
+    itself one config's folder (or one run) gives that config alone, not one config per seed."""
     root = storage.path(workdir_root)
+    if own := config_runs(root):
+        return {root.name: own}
     if not root.is_dir():
         return {}
     found = {child.name: config_runs(child) for child in root.iterdir() if child.is_dir()}

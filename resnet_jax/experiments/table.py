@@ -3,8 +3,9 @@
     python -m resnet_jax.experiments.table --workdir_root runs/fig6 \
         [--out_markdown docs/table6.md] [--out_csv table6.csv]
 
-Reads every config's runs under --workdir_root (experiments.runs: <root>/<name>/seed<s>/ or
-<root>/<name>/), local or gs://, each run's config.json and metrics, and prints one row per config:
+Reads every config's runs under --workdir_root (experiments.runs.sweep_configs:
+<root>/<name>/seed<s>/ or <root>/<name>/; a root that is one config's folder is that config), local
+or gs://, each run's config.json and metrics, and prints one row per config:
 
 - method and depth from the model name: "plain" or "ResNet" (also "pre-act ResNet", "Wide ResNet",
   "ResNeXt"), depth = the weighted layers of the registered architecture (6n+2 for CIFAR nets);
