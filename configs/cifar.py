@@ -1,8 +1,9 @@
 """CIFAR-10 ResNet-20/32/44/56/110/1202 and plain-20/32/44/56/110, the paper's recipe (section 4.2).
 
     python train.py --config configs/cifar.py:resnet56 --workdir runs/cifar_resnet56
-    python -m resnet_jax.experiments.sweep --workdir_root runs/fig6 \
+    python -m resnet_jax.experiments.sweep --workdir_root runs/fig6 --seeds=5 \
         --configs configs/cifar.py:plain20,configs/cifar.py:plain56,configs/cifar.py:resnet20,configs/cifar.py:resnet56
+    python -m resnet_jax.experiments.table --workdir_root runs/fig6 --out_markdown docs/table6.md
     python -m resnet_jax.experiments.plot --out docs/fig6.png runs/fig6/*
 
 Recipe: batch 128, lr 0.1, /10 at 32k and 48k iterations, stop at 64k; SGD momentum 0.9, weight

@@ -51,7 +51,15 @@ def test_print_only_prints_one_command_per_config_and_runs_nothing(tmp_path):
 @pytest.mark.parametrize("module, args, message", [
     ("resnet_jax.experiments.sweep", ["--configs=configs/degradation.py:plain20",
                                       "--workdir_root=runs", "--print_only", "--steps=3"], "steps"),
+    ("resnet_jax.experiments.sweep", ["--configs=configs/degradation.py:plain20",
+                                      "--workdir_root=runs", "--print_only", "--seeds=0"],
+     "--seeds='0' is not allowed"),
+    ("resnet_jax.experiments.sweep", ["--configs=configs/degradation.py:plain20",
+                                      "--workdir_root=runs", "--print_only", "--seeds=2",
+                                      "--config.seed=1"], "--seeds and --config.seed"),
     ("resnet_jax.experiments.plot", ["--out=x.png"], "give the workdirs to plot"),
+    ("resnet_jax.experiments.plot", ["--out=x.png", "docs"], "docs is neither a run's workdir"),
+    ("resnet_jax.experiments.table", ["--workdir_root=docs"], "--workdir_root=docs: no runs found"),
     ("resnet_jax.experiments.gradient_flow", ["--out=x.png"], "give at least one --model"),
 ])
 def test_experiment_commands_report_bad_arguments_in_one_line(module, args, message):
