@@ -14,7 +14,7 @@ from typing import Callable, NoReturn, Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, innermost
 
 USAGE_EXIT_CODE = 2
 # An override error that ml_collections raised while defining --config (it applies the overrides in
@@ -41,12 +41,6 @@ def fail(message: str) -> NoReturn:
     """Print `<program>: error: <message>` on stderr and exit with status 2."""
     print(f"{program_name()}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(USAGE_EXIT_CODE)
-
-
-def _innermost(error: BaseException) -> BaseException:
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    return error
 
 
 def _last_line(error: BaseException) -> str:
@@ -80,13 +74,13 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
     except flags.Error as e:
         if "Traceback" not in str(e):  # absl's own: an unknown flag, a value of the wrong type
             fail(_last_line(e))
-        if isinstance(_innermost(e), UserError):  # a config file rejecting its argument
-            fail(_last_line(_innermost(e)))
+        if isinstance(innermost(e), UserError):  # a config file rejecting its argument
+            fail(_last_line(innermost(e)))
         raise  # anything else raised inside a config file is a bug there: keep its traceback
     except (AttributeError, KeyError) as e:
         fail(_unknown_override(argv, e))
     except OSError as e:
-        fail(f"--config: {_last_line(_innermost(e))}")
+        fail(f"--config: {_last_line(innermost(e))}")
 
 
 def run(main: Callable[[list[str]], Optional[int]], arguments: Optional[str] = None,

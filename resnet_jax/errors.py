@@ -60,3 +60,10 @@ class StorageError(UserError):
 class NonFiniteLossError(RuntimeError):
     """The loss, gradients, parameters or BN statistics became NaN or Inf; names the step, the
     non-finite quantities and the last good checkpoint (or that there is none)."""
+
+
+def innermost(error: BaseException) -> BaseException:
+    """The end of `error`'s chain of causes (raise ... from, or raised while handling)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error

@@ -31,7 +31,7 @@ if fsspec is not None:
     # checkpoints another writes (eval.py --watch, resuming); list afresh (a user's setting wins).
     fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
-from resnet_jax.errors import StorageError  # noqa: E402
+from resnet_jax.errors import StorageError, innermost  # noqa: E402
 
 PathLike = Union[str, os.PathLike]
 
@@ -50,8 +50,7 @@ def cause(error: BaseException) -> str:
     """The innermost cause of `error` in one line: "[Errno 28] No space left on device", or for
     TensorStore's long messages (which name every nested file) their last clause, e.g. "Failed to
     write 217737 bytes to file 5: No space left on device"."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
+    error = innermost(error)
     text = str(error).strip().split("\n")[0]
     text = re.sub(r"\s*\[(source locations|os_error_code)=[^\]]*\]", "", text)
     if len(text) > 300 and '": ' in text:

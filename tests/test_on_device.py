@@ -175,3 +175,14 @@ def test_dispatches_end_on_every_log_eval_and_checkpoint_step():
     # Between two boundaries: as many full dispatches as fit, then single steps.
     gaps = np.diff([0] + boundaries)
     assert len(ends) == sum(g // k + g % k for g in gaps)
+
+
+def test_loop_benchmark_variants_parse_and_bad_ones_name_the_flag():
+    from resnet_jax.errors import FlagError
+    from resnet_jax.loop_benchmark import Variant, parse_variants
+
+    assert parse_variants("host:1, device:8") == [Variant("host", 1), Variant("device", 8)]
+    for bad in ("gpu:1", "device:0", "device", "host:x"):
+        with pytest.raises(FlagError, match=rf"^--variants='{bad}': '{bad}' is not "
+                                            r"placement:steps_per_dispatch"):
+            parse_variants(bad)
