@@ -186,7 +186,7 @@ class Preprocessor:
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
             tf.stack([height, width, self.channels]), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
             min_object_covered=0.0, aspect_ratio_range=INCEPTION_ASPECT, area_range=INCEPTION_AREA,
-            max_attempts=10, use_image_if_no_bounding_boxes=True)
+            max_attempts=10)
         return begin[0], begin[1], size[0], size[1]
 
     def _cifar_crop(self, encoded, seed):
