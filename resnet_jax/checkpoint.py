@@ -161,6 +161,13 @@ def _read_listing(read: Callable[[], Any]) -> Any:
             time.sleep(0.05 * 2 ** attempt)
 
 
+SET_ASIDE_NOTE = "README.txt"
+SET_ASIDE_TEXT = ("Checkpoints that a resuming run found damaged or unverified, moved here as "
+                  "<step>.<unix time> instead of being deleted. Inspect or evaluate one with\n"
+                  "  python eval.py --checkpoint <this folder>/<step>.<time> "
+                  "--allow_unverified_checkpoint\nor delete it.\n")
+
+
 class Restored(NamedTuple):
     state: Any
     meta: dict
@@ -361,9 +368,14 @@ class Checkpointer:
     def set_aside(self, step: int):
         """Move checkpoint `step` to `<directory>_set_aside/<step>.<unix time>`; returns the new
         path. Raises StorageError when the move fails."""
-        target = self.set_aside_dir() / f"{step}.{int(time.time())}"
+        folder = self.set_aside_dir()
+        target = folder / f"{step}.{int(time.time())}"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            # On gs:// a folder exists only while it holds an object, and a move needs its
+            # destination's folder to exist: the note makes it exist (and says what it holds).
+            if not (folder / SET_ASIDE_NOTE).exists():
+                storage.write_atomic(folder / SET_ASIDE_NOTE, SET_ASIDE_TEXT)
             self.step_dir(step).rename(target)
         except Exception as e:  # noqa: BLE001
             raise StorageError(target, storage.cause(e)) from e

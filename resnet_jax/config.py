@@ -112,6 +112,17 @@ def config_from_dict(values: dict) -> ml_collections.ConfigDict:
     return config
 
 
+def flat_fields(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model.name": value, ...}: the fields of a nested config dict (ConfigDict.to_dict())."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def model_options(config) -> dict[str, Any]:
     """Keyword options for registry.create_model from config.model (unset placeholders omitted)."""
     return {k: v for k, v in config.model.items() if k != "name" and v is not None}

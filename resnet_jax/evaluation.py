@@ -22,7 +22,7 @@ import numpy as np
 
 from resnet_jax import parallel, storage
 from resnet_jax.checkpoint import VERIFIED, Checkpointer
-from resnet_jax.config import config_from_dict, model_options
+from resnet_jax.config import config_from_dict, flat_fields, model_options
 from resnet_jax.errors import (ConfigError, DamagedCheckpointError, EvalError,
                                IncompatibleCheckpointError, UnverifiedCheckpointError)
 from resnet_jax.experiment import build_experiment
@@ -92,23 +92,12 @@ def resolve_config(request: Request, stored: Optional[dict]) -> ml_collections.C
     return config
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"model.name": value, ...} of a nested dict."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _changed_fields(config: ml_collections.ConfigDict, stored: Optional[dict]) -> str:
     """A sentence listing 'field=value (stored: value)' for each field differing from `stored`."""
     if not stored:
         return ""
-    now = _flatten(config.to_dict())
-    before = _flatten(resolve_config(Request(), stored).to_dict())
+    now = flat_fields(config.to_dict())
+    before = flat_fields(resolve_config(Request(), stored).to_dict())
     diffs = [f"{k}={now[k]!r} (stored: {before.get(k)!r})" for k in now if now[k] != before.get(k)]
     if not diffs:
         return ""

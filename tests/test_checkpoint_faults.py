@@ -64,7 +64,9 @@ def test_damaged_latest_is_set_aside_and_the_run_resumes_to_the_same_bits(finish
     out = capsys.readouterr().out
     assert f"checkpoint step 8 is damaged: {victim}: its contents differ" in out
     assert "(resuming from step 6)" in out
-    (moved,) = (copy_of / "checkpoints_set_aside").iterdir()
+    entries = {p.name: p for p in (copy_of / "checkpoints_set_aside").iterdir()}
+    assert "damaged or unverified" in entries.pop("README.txt").read_text()
+    (moved,) = entries.values()
     assert moved.name.startswith("8.") and (moved / CHECKSUMS).exists()
     assert_trees_equal(final_state(copy_of)[0], finished[1])
 
@@ -89,7 +91,7 @@ def test_no_good_checkpoint_stops_unless_a_flag_says_what_to_do(finished, copy_o
     config.schedule.boundaries = (2.0,)
     train(copy_of, config, start_fresh_if_no_good_checkpoint=True)
     assert "Resumed" not in capsys.readouterr().out
-    assert len(list((copy_of / "checkpoints_set_aside").iterdir())) == 3
+    assert len(list((copy_of / "checkpoints_set_aside").glob("*.*[0-9]"))) == 3
     assert Checkpointer(copy_of / "checkpoints", read_only=True).verify(4) == "sha256"
 
 

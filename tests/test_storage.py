@@ -171,3 +171,19 @@ def test_step_list_survives_a_step_folder_moved_while_it_is_read(gcs):
     reader.close()
     assert len(moves) == 10 and len(listings) >= 3, "the moves did not overlap the listings"
     assert set(listings) <= {(1, 2), (1, 2, 3)}, set(listings)
+
+
+def test_a_step_is_set_aside_on_gs_where_folders_exist_only_through_objects(gcs):
+    """Moving a step needs its destination folder to exist; on gs:// that is an object in it."""
+    import jax.numpy as jnp
+
+    from resnet_jax.checkpoint import CHECKSUMS, Checkpointer
+
+    checkpointer = Checkpointer("gs://bucket/aside/checkpoints", async_save=False)
+    for step in (1, 2):
+        checkpointer.save(step, {"w": jnp.full((3,), float(step))}, {"step": step})
+    moved = checkpointer.set_aside(2)
+    assert checkpointer.all_steps() == [1]
+    checkpointer.close()
+    assert str(moved).startswith("gs://bucket/aside/checkpoints_set_aside/2.")
+    assert (moved / CHECKSUMS).exists() and (moved.parent / "README.txt").exists()

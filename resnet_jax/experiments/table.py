@@ -39,7 +39,7 @@ from typing import Optional
 from absl import flags
 
 from resnet_jax import cli, storage
-from resnet_jax.config import config_from_dict
+from resnet_jax.config import config_from_dict, flat_fields
 from resnet_jax.console import plan_run
 from resnet_jax.errors import FlagError, UserError
 from resnet_jax.experiments import runs
@@ -113,21 +113,11 @@ def run_result(workdir, total_steps: int) -> RunResult:
     return RunResult(str(workdir), step, total_steps, error)
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _check_same_config(name: str, workdirs: list, configs: list) -> None:
     """Raise UserError naming the first field but the seed where two runs of `name` differ."""
-    first = _flat(configs[0].to_dict())
+    first = flat_fields(configs[0].to_dict())
     for workdir, config in zip(workdirs[1:], configs[1:]):
-        other = _flat(config.to_dict())
+        other = flat_fields(config.to_dict())
         for field in sorted(set(first) | set(other)):
             if field != "seed" and first.get(field) != other.get(field):
                 raise UserError(f"{name}: runs {workdirs[0]} and {workdir} differ in "
