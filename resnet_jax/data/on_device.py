@@ -37,12 +37,10 @@ class Augmentation:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
+    """The examples of one split, as held on the devices."""
+
     images: np.ndarray  # [N, S, S, C], uint8 or float32
     labels: np.ndarray  # int32 [N]
-
-
-def nbytes(*splits: Split) -> int:
-    return sum(s.images.nbytes + s.labels.nbytes for s in splits)
 
 
 def crop_offsets_and_flips(key: jax.Array, batch: int, augmentation: Augmentation):
