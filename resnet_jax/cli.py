@@ -38,9 +38,16 @@ def program_name() -> str:
 
 
 def fail(message: str) -> NoReturn:
-    """Print `<program>: error: <message>` on stderr and exit with status 2."""
+    """Print `<program>: error: <message>` on stderr and exit with status 2.
+
+    The process ends at once (os._exit, after flushing stdout and stderr): a UserError reaches
+    here after the command's own cleanup ran, and the interpreter's teardown is what library
+    threads still running then have crashed (TensorStore's writes orphaned by a save that failed
+    on an unreachable bucket: exit -11 or a "Fatal Python error" instead of this line's status).
+    """
     print(f"{program_name()}: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(USAGE_EXIT_CODE)
+    sys.stdout.flush()
+    os._exit(USAGE_EXIT_CODE)
 
 
 def _last_line(error: BaseException) -> str:
