@@ -14,8 +14,8 @@ from resnet_jax import optim
 from resnet_jax.config import model_options, validate_config
 from resnet_jax.data import DataPlan, HostSlice, plan_data
 from resnet_jax.data import on_devices as data_on_devices
-from resnet_jax.experiment import resolve_steps_per_dispatch
 from resnet_jax.data.base import steps_per_epoch
+from resnet_jax.experiment import resolve_steps_per_dispatch
 from resnet_jax.models.summary import ModelSummary, summarize
 
 

@@ -12,8 +12,6 @@ from resnet_jax.data.base import ArrayPipeline, HostSlice
 from resnet_jax.data.on_device import Augmentation, DevicePipeline, Split
 
 NUM_CLASSES = 10
-
-
 LEVELS = 16  # pixel values are 0..16
 
 
