@@ -30,10 +30,10 @@ def main(argv):
     if not FLAGS.dry_run and not FLAGS.workdir:
         raise UserError("--workdir is required (or use --dry_run)")
     parallel.initialize_from_flags()
-    from resnet_jax import console, training
+    from resnet_jax import console, plan, training
 
     if FLAGS.dry_run:
-        print(console.dry_run_report(console.plan_run(FLAGS.config)))
+        print(console.dry_run_report(plan.plan_run(FLAGS.config)))
         return
     training.train_and_evaluate(
         FLAGS.config, FLAGS.workdir, allow_unverified_checkpoint=FLAGS.allow_unverified_checkpoint,

@@ -3,60 +3,14 @@ on a terminal (tqdm), a line per log and eval step, and the final summary. Other
 nothing but errors; messages a researcher would filter go through absl logging instead.
 """
 
-import dataclasses
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 from tqdm import tqdm
 
 from resnet_jax import optim
-from resnet_jax.config import model_options, validate_config
-from resnet_jax.data import DataPlan, HostSlice, plan_data
-from resnet_jax.data import on_devices as data_on_devices
-from resnet_jax.data.base import steps_per_epoch
-from resnet_jax.experiment import resolve_steps_per_dispatch
-from resnet_jax.models.summary import ModelSummary, summarize
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-    """What a config will do on the devices present, known before the first step."""
-
-    config: Any
-    data: DataPlan
-    model: ModelSummary
-    device_count: int
-    process_count: int
-    device_kind: str
-    on_devices: bool  # the examples are held on the devices (config.data.placement)
-    steps_per_dispatch: int
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.data.num_train_examples, self.config.global_batch_size)
-
-    @property
-    def total_steps(self) -> int:
-        return optim.total_steps(self.config.schedule, self.steps_per_epoch)
-
-
-def plan_run(config, device_count: Optional[int] = None) -> RunPlan:
-    """Validate `config` (a dataset that is not prepared passes when its published sizes are known)
-    and read the sizes that the header and --dry_run print. `device_count`: all devices if None."""
-    device_count = device_count or jax.device_count()
-    validate_config(config, device_count=device_count, process_count=jax.process_count(),
-                    require_data=False)
-    hosts = HostSlice(config.global_batch_size, config.eval_batch_size, jax.process_index(),
-                      jax.process_count())
-    data = plan_data(config.data, hosts, config.seed)
-    size, _, channels = data.image_shape
-    model = summarize(config.model.name, size, channels, num_classes=data.num_classes,
-                      **model_options(config))
-    on_devices = data_on_devices(config.data, hosts, config.seed)
-    return RunPlan(config, data, model, device_count, jax.process_count(),
-                   jax.devices()[0].device_kind, on_devices,
-                   resolve_steps_per_dispatch(config, on_devices, jax.devices()[0].platform))
+from resnet_jax.plan import RunPlan
 
 
 def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int]) -> str:

@@ -5,7 +5,7 @@ the input pipeline, the model, the schedule and optimizer, and the jitted init, 
 """
 
 import dataclasses
-from functools import partial
+import functools
 from typing import Any, Callable
 
 import jax
@@ -15,6 +15,8 @@ from resnet_jax import optim, parallel
 from resnet_jax.config import model_options, validate_config
 from resnet_jax.data import HostSlice, Pipeline, build_pipeline
 from resnet_jax.models import create_model
+from resnet_jax.models.summary import summarize_module
+from resnet_jax.plan import RunPlan, resolve_steps_per_dispatch
 from resnet_jax.steps import (TrainState, create_train_state, make_eval_step, make_multi_step,
                               make_train_step)
 
@@ -22,19 +24,6 @@ from resnet_jax.steps import (TrainState, create_train_state, make_eval_step, ma
 # 2 CPU cores: 0.7 s instead of 22 s, nearly all of it XLA optimising threefry random-number code),
 # with values within an ulp of the optimised build's.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-# Train steps per dispatch when config.steps_per_dispatch is None, the examples are on the devices
-# and the devices are GPUs or TPUs: a divisor of the paper's CIFAR log, eval and checkpoint
-# intervals (100, 1000, 2000 steps), so every dispatch is a full one. On CPU the default is 1:
-# XLA:CPU runs a loop body's convolutions several times slower (docs/performance.md), and a host
-# pipeline would make each step wait for the batches of the next ones.
-ACCELERATOR_STEPS_PER_DISPATCH = 20
-
-
-def resolve_steps_per_dispatch(config, on_devices: bool, platform: str) -> int:
-    """config.steps_per_dispatch, or its default for data `on_devices` on a `platform` device."""
-    if config.steps_per_dispatch:
-        return config.steps_per_dispatch
-    return ACCELERATOR_STEPS_PER_DISPATCH if on_devices and platform != "cpu" else 1
 
 
 @dataclasses.dataclass
@@ -59,6 +48,17 @@ class Experiment:
     @property
     def steps_per_epoch(self) -> int:
         return self.pipeline.steps_per_epoch
+
+    @functools.cached_property
+    def plan(self) -> RunPlan:
+        """The run's plan (header, --dry_run) read off what was built; the model is traced
+        abstractly once, at the first call."""
+        size, _, channels = self.pipeline.image_shape
+        device = self.mesh.devices.flat[0]
+        return RunPlan(self.config, self.pipeline.plan(),
+                       summarize_module(self.model, self.config.model.name, size, channels),
+                       self.mesh.size, jax.process_count(), device.device_kind,
+                       bool(self.pipeline.device_arrays()), self.steps_per_dispatch)
 
     def device_data(self) -> dict[str, jax.Array]:
         """The pipeline's device arrays, replicated on the mesh (placed at the first call)."""
@@ -92,8 +92,8 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
                                             config.global_batch_size)
     tx = optim.build_optimizer(config.optimizer, schedule)
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    init = jax.jit(partial(create_train_state, model, tx, pipeline.image_shape, config.seed),
-                   out_shardings=replicated)
+    init = jax.jit(functools.partial(create_train_state, model, tx, pipeline.image_shape,
+                                     config.seed), out_shardings=replicated)
     step_fn = make_train_step(model, tx, schedule, config.label_smoothing)
     eval_fn = make_eval_step(model)
     train_step = jax.jit(step_fn, in_shardings=(replicated, batch),

@@ -15,7 +15,8 @@ from resnet_jax.data.base import ArrayPipeline
 from resnet_jax.data.on_device import Augmentation, DevicePipeline, augment, crop_offsets_and_flips
 from resnet_jax.errors import ConfigError
 from resnet_jax.experiment import build_experiment
-from resnet_jax.training import _dispatch_length, _stack
+from resnet_jax.actions import Action, dispatch_length
+from resnet_jax.training import _stack
 
 
 def digits_config(**data):
@@ -127,7 +128,8 @@ def test_placement_auto_device_host_and_the_budget(monkeypatch):
 def test_k_steps_in_one_dispatch_equal_k_dispatches_of_one_step():
     """Dispatches of 8, 4 and 2 steps give the same bits: the loop body is one compiled step. A
     lone step (n = 1, no loop) is compiled apart from the loop body, so XLA may round differently
-    in the last bits; at a small learning rate (no chaotic amplification) the parameters and
+    in the last bits (its first loss has differed from the scan's in the 8th digit): at a small
+    learning rate (no chaotic amplification) the losses agree within 1e-4 and the parameters and
     BatchNorm statistics stay within 1e-5 of their norm."""
     c = digits_config()
     c.steps_per_dispatch = 4
@@ -153,19 +155,23 @@ def test_k_steps_in_one_dispatch_equal_k_dispatches_of_one_step():
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c_)
     singles = run([1] * 8)
-    assert singles[2][0] == eight[2][0]  # the same first batch, bit for bit
     np.testing.assert_allclose(singles[2], eight[2], rtol=1e-4)
     a, b = (np.concatenate([x.ravel() for x in run_[0]]) for run_ in (eight, singles))
     assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a)
 
 
-def test_dispatches_end_on_every_log_eval_and_checkpoint_step():
-    c = base_config()
-    c.log_every_steps, c.checkpoint_every_steps = 50, 120
-    eval_every, total, k = 70, 1000, 16
+def periodic(every):
+    action = Action()
+    action.every = every
+    return action
+
+
+def test_dispatches_end_on_every_step_an_action_is_due():
+    actions = [Action(), periodic(50), periodic(70), periodic(120)]  # Action(): every dispatch
+    total, k = 1000, 16
     step, ends, lengths = 0, [], set()
     while step < total:
-        n = _dispatch_length(step, k, c, eval_every, total)
+        n = dispatch_length(step, k, actions, total)
         lengths.add(n)
         step += n
         ends.append(step)

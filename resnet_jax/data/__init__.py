@@ -11,14 +11,13 @@ train_augment cifar or none and eval_crop center) and both splits take at most
 DEVICE_BUDGET_BYTES there.
 """
 
-import dataclasses
 from typing import Callable
 
 import numpy as np
 
 import resnet_jax.data.catalog as catalog
 import resnet_jax.data.splits as splits
-from resnet_jax.data.base import Batch, HostSlice, Pipeline
+from resnet_jax.data.base import Batch, DataPlan, HostSlice, Pipeline
 from resnet_jax.data.embedded import digits_device_pipeline, digits_pipeline
 from resnet_jax.data.synthetic import synthetic_device_pipeline, synthetic_pipeline
 from resnet_jax.data.sources import open_source
@@ -136,26 +135,13 @@ def build_pipeline(data_config, hosts: HostSlice, seed: int) -> Pipeline:
     return builders[data_config.dataset](data_config, hosts, seed)
 
 
-@dataclasses.dataclass(frozen=True)
-class DataPlan:
-    """A dataset's sizes as a run plans with them, read without decoding an image."""
-
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    num_train_examples: int
-    num_eval_examples: int
-    origin: str  # where the sizes come from, for the reader of a plan
-
-
 def plan_data(data_config, hosts: HostSlice, seed: int) -> DataPlan:
     """The sizes of `data_config`'s splits: from the prepared dataset where it is there, else from
     the published sizes of cifar10, cifar100 and imagenet2012 (default splits or TFDS slices of
     them). Raises ConfigError for any other dataset that is not prepared."""
     shape = (data_config.image_size, data_config.image_size, data_config.channels)
     if data_config.dataset not in catalog.DATASETS:
-        pipeline = BUILDERS[data_config.dataset](data_config, hosts, seed)
-        return DataPlan(pipeline.num_classes, pipeline.image_shape, pipeline.num_train_examples,
-                        pipeline.num_eval_examples, "in memory")
+        return BUILDERS[data_config.dataset](data_config, hosts, seed).plan()
     entry = catalog.DATASETS[data_config.dataset]
     try:
         source = open_source(data_config)

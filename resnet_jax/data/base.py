@@ -89,6 +89,17 @@ def steps_per_epoch(num_train_examples: int, global_batch_size: int) -> int:
     return max(1, num_train_examples // global_batch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class DataPlan:
+    """A dataset's sizes as a run plans with them, read without decoding an image."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    num_train_examples: int
+    num_eval_examples: int
+    origin: str  # where the sizes come from, for the reader of a plan
+
+
 class Pipeline(abc.ABC):
     """A dataset's train and eval streams for one process (see the module docstring)."""
 
@@ -97,10 +108,16 @@ class Pipeline(abc.ABC):
     num_train_examples: int
     num_eval_examples: int
     hosts: HostSlice
+    origin: str = "in memory"  # where the examples come from, for the start-up header
 
     @property
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(self.num_train_examples, self.hosts.global_batch_size)
+
+    def plan(self) -> DataPlan:
+        """The sizes of the examples this pipeline holds or reads."""
+        return DataPlan(self.num_classes, self.image_shape, self.num_train_examples,
+                        self.num_eval_examples, self.origin)
 
     @abc.abstractmethod
     def train_batches(self, start_step: int = 0) -> Iterator[Batch]:

@@ -68,8 +68,9 @@ class DevicePipeline(Pipeline):
     """A dataset whose train and eval splits live on the devices (see the module docstring)."""
 
     def __init__(self, train: Split, eval_: Split, num_classes: int, mean, std,
-                 augmentation: Augmentation, hosts: HostSlice, seed: int):
+                 augmentation: Augmentation, hosts: HostSlice, seed: int, origin: str = "in memory"):
         self.train, self.eval = train, eval_
+        self.origin = origin
         self.num_classes = num_classes
         self.image_shape = tuple(train.images.shape[1:])
         self.num_train_examples = len(train.labels)

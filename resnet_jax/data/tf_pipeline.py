@@ -41,6 +41,7 @@ class TFDataPipeline(Pipeline):
         self.hosts = hosts
         self.seed = seed
         self.num_classes = source.num_classes
+        self.origin = f"prepared: {source.name}"
         self.image_shape = (preprocessor.image_size, preprocessor.image_size, preprocessor.channels)
         self.num_train_examples = splits.count(train_ranges)
         self.num_eval_examples = splits.count(eval_ranges)
@@ -230,4 +231,4 @@ def tf_device_pipeline(data_config, hosts: HostSlice, seed: int) -> DevicePipeli
                     if catalog.train_augment(data_config) == "cifar" else Augmentation())
     return DevicePipeline(decoded_split(source, train_ranges, data_config),
                           decoded_split(source, eval_ranges, data_config), source.num_classes,
-                          mean, std, augmentation, hosts, seed)
+                          mean, std, augmentation, hosts, seed, origin=f"prepared: {source.name}")

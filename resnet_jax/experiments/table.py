@@ -40,7 +40,7 @@ from absl import flags
 
 from resnet_jax import cli, storage
 from resnet_jax.config import config_from_dict, flat_fields
-from resnet_jax.console import plan_run
+from resnet_jax.plan import plan_run
 from resnet_jax.errors import FlagError, UserError
 from resnet_jax.experiments import runs
 from resnet_jax.metric_writers import read_metrics

@@ -114,7 +114,12 @@ def count_params(params) -> int:
 def summarize(name: str, image_size: int = 224, channels: int = 3, **options) -> ModelSummary:
     """Per-stage parameters, MACs and output shapes of the registered model `name` on images of
     [image_size, image_size, channels]."""
-    model = create_model(name, **options)
+    return summarize_module(create_model(name, **options), name, image_size, channels)
+
+
+def summarize_module(model: nn.Module, name: str, image_size: int,
+                     channels: int = 3) -> ModelSummary:
+    """summarize() of a model already built (`name`: how the summary names it)."""
     variables, macs, shapes = trace_model(model, image_size, channels)
     params_by_stage: dict[str, int] = {}
     for key, value in variables["params"].items():
