@@ -22,10 +22,10 @@ from resnet_jax.checkpoint import CHECKSUMS, first_mismatch
 from resnet_jax.config import base_config
 from resnet_jax.convert import flax_to_torchvision
 from resnet_jax.errors import ConfigError, EvalError
-from resnet_jax.evaluation import Request, resolve_config, run
 from resnet_jax.experiment import build_experiment
 from resnet_jax.metric_writers import read_metrics
 from resnet_jax.models import create_model
+from resnet_jax.offline_eval import Request, resolve_config, run
 from resnet_jax.steps import TrainState, make_eval_step
 from resnet_jax.training import train_and_evaluate
 
