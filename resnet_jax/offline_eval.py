@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import json
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import ml_collections
@@ -21,12 +21,12 @@ import numpy as np
 
 from resnet_jax import parallel, storage
 from resnet_jax.checkpoint import Checkpointer
-from resnet_jax.config import config_from_dict, flat_fields, model_options
+from resnet_jax.config import config_from_dict, model_options
 from resnet_jax.errors import (ConfigError, DamagedCheckpointError, EvalError,
                                IncompatibleCheckpointError, UnverifiedCheckpointError)
 from resnet_jax.evaluation import evaluate
-from resnet_jax.experiment import build_experiment
 from resnet_jax.metric_writers import MetricWriter
+from resnet_jax.restore import ExperimentCache, restore
 
 SCALARS = ("loss", "top1", "top5", "count")
 RESERVED_NAMES = ("train", "eval")  # the training loop's own splits
@@ -70,33 +70,15 @@ def resolve_config(request: Request, stored: Optional[dict]) -> ml_collections.C
     return config
 
 
-def _changed_fields(config: ml_collections.ConfigDict, stored: Optional[dict]) -> str:
-    """A sentence listing 'field=value (stored: value)' for each field differing from `stored`."""
-    if not stored:
-        return ""
-    now = flat_fields(config.to_dict())
-    before = flat_fields(resolve_config(Request(), stored).to_dict())
-    diffs = [f"{k}={now[k]!r} (stored: {before.get(k)!r})" for k in now if now[k] != before.get(k)]
-    if not diffs:
-        return ""
-    return f" The config differs from the one stored with it in: {', '.join(diffs)}."
-
-
 class _Session:
     """Builds experiments (one per distinct config), evaluates and writes and prints results."""
 
     def __init__(self, request: Request, out_dir: storage.PathLike):
         self.request, self.out_dir = request, storage.path(out_dir)
-        self._experiments: dict[str, Any] = {}
+        self.experiments = ExperimentCache(request.devices)
         self._writer: Optional[MetricWriter] = None
         self.is_main = jax.process_index() == 0
         self._header_printed = False
-
-    def experiment(self, config):
-        key = json.dumps(config.to_dict(), sort_keys=True, default=str)
-        if key not in self._experiments:
-            self._experiments[key] = build_experiment(config, self.request.devices, training=False)
-        return self._experiments[key]
 
     def measure(self, exp, state) -> dict:
         metrics = evaluate(exp, state, self.request.per_class)
@@ -151,21 +133,12 @@ def _format_per_class(metrics: dict) -> str:
 
 def _evaluate_step(session: _Session, ckpt: Checkpointer, step: int) -> dict:
     """Verify, restore and evaluate checkpoint `step` of `ckpt`; returns the written record."""
-    built = {}
-
-    def target(meta: dict):
-        built["stored"] = meta.get("config")
-        built["config"] = resolve_config(session.request, built["stored"])
-        built["exp"] = session.experiment(built["config"])
-        return built["exp"].abstract_train_state()
-
-    try:
-        restored = ckpt.restore(step, target, session.request.allow_unverified)
-    except IncompatibleCheckpointError as e:
-        raise EvalError(f"{e}.{_changed_fields(built['config'], built['stored'])}") from None
-    metrics = session.measure(built["exp"], restored.state)
-    return session.report(str(step), step, str(ckpt.step_dir(step)), built["config"], metrics,
-                          restored.checked, built["exp"])
+    request = session.request
+    restored = restore(ckpt, step, lambda stored: resolve_config(request, stored),
+                       session.experiments, request.allow_unverified)
+    exp = restored.experiment
+    return session.report(str(step), step, str(ckpt.step_dir(step)), exp.config,
+                          session.measure(exp, restored.state), restored.checked, exp)
 
 
 def _evaluate_torchvision(session: _Session) -> dict:
@@ -175,7 +148,7 @@ def _evaluate_torchvision(session: _Session) -> dict:
 
     request = session.request
     config = resolve_config(request, None)
-    exp = session.experiment(config)
+    exp = session.experiments.get(config)
     try:
         _, variables = import_torchvision(config.model.name, request.torchvision_weights,
                                           num_classes=exp.pipeline.num_classes,
