@@ -47,16 +47,16 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only manager.
     parallel.initialize_from_flags()
-    from resnet_jax import evaluation
+    from resnet_jax import offline_eval
 
-    request = evaluation.Request(
+    request = offline_eval.Request(
         workdir=FLAGS.workdir, step=FLAGS.step, all_steps=FLAGS.all, watch=FLAGS.watch,
         watch_timeout=FLAGS.watch_timeout, poll_seconds=FLAGS.poll_seconds,
         checkpoint=FLAGS.checkpoint, torchvision_weights=FLAGS.torchvision_weights,
         config=FLAGS.config if FLAGS["config"].present else None,
         overrides=FLAGS["config"].override_values, per_class=FLAGS.per_class,
         allow_unverified=FLAGS.allow_unverified_checkpoint, name=FLAGS.name)
-    evaluation.run(request)
+    offline_eval.run(request)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from resnet_jax.checkpoint import CHECKSUMS, first_mismatch
+from resnet_jax.checkpoint import CHECKSUMS, VERIFIED, first_mismatch
 from resnet_jax.config import base_config
 from resnet_jax.convert import flax_to_torchvision
-from resnet_jax.errors import ConfigError, EvalError
-from resnet_jax.evaluation import Request, resolve_config, run
+from resnet_jax.errors import ConfigError, EvalError, IncompatibleCheckpointError
 from resnet_jax.experiment import build_experiment
 from resnet_jax.metric_writers import read_metrics
 from resnet_jax.models import create_model
+from resnet_jax.offline_eval import Request, resolve_config, run
+from resnet_jax.restore import ExperimentCache, restore
 from resnet_jax.steps import TrainState, make_eval_step
 from resnet_jax.training import train_and_evaluate
 
@@ -276,6 +277,21 @@ def test_config_that_does_not_fit_names_array_and_shapes(run_dir):
                              {"step": (), "params/head/kernel": (64, 5)})
     assert problem == ("params/head/kernel: shape (64, 10) in the checkpoint, shape (64, 5) in "
                        "the target")
+
+
+def test_restore_latest_under_the_stored_config_or_a_given_one(run_dir):
+    """The restore path eval.py and the tests share: the latest step by default, built from the
+    config stored with it; a given config replaces it (and a misfit names the differing fields)."""
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    restored = restore(checkpoints, experiments=ExperimentCache(jax.devices()[:1]))
+    assert (restored.meta["step"], int(restored.state.step), restored.checked) == (6, 6, VERIFIED)
+    assert restored.experiment.mesh.size == 1
+    assert restored.experiment.config.model.name == restored.meta["config"]["model"]["name"]
+    other = tiny_config()
+    other.model.name = "cifar_resnet32"
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"model.name='cifar_resnet32' \(stored: 'cifar_resnet20'\)"):
+        restore(checkpoints, 3, other)
 
 
 def test_watch_evaluates_new_checkpoints_until_the_final_step(run_dir, copy_of):

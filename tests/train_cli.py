@@ -58,16 +58,15 @@ def start_train(workdir, overrides=None, *extra, devices=1) -> subprocess.Popen:
 
 
 def final_state(workdir, step=None):
-    """(params as numpy, batch_stats, step) of a run's checkpoint, restored on one device."""
-    import json
-
+    """((params, batch_stats) as numpy, step) of a run's checkpoint `step` (default: the latest),
+    restored on one device under the config stored with it."""
     from resnet_jax import storage
-    from resnet_jax.config import config_from_dict
-    from resnet_jax.training import restore_checkpoint
+    from resnet_jax.restore import ExperimentCache, restore
 
-    config = config_from_dict(json.loads((storage.path(workdir) / "config.json").read_text()))
-    _, state, meta = restore_checkpoint(config, str(workdir), step, devices=jax.devices()[:1])
-    return jax.tree.map(np.asarray, (state.params, state.batch_stats)), meta["step"]
+    restored = restore(storage.path(workdir) / "checkpoints", step,
+                       experiments=ExperimentCache(jax.devices()[:1]))
+    state = restored.state
+    return jax.tree.map(np.asarray, (state.params, state.batch_stats)), restored.meta["step"]
 
 
 def checkpoint_steps(workdir) -> list[int]:
