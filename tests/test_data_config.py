@@ -10,7 +10,7 @@ import pytest
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.errors import ConfigError
 from resnet_jax.data import HostSlice, splits
-from resnet_jax.data.image_files import write_image_folder
+from resnet_jax.data.benchmark_files import write_image_folder
 
 
 @pytest.fixture(scope="module")
