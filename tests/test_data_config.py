@@ -34,6 +34,12 @@ def test_bad_values_name_the_field(folder, field, value):
         validate_config(config_for(dataset="folder", folder=folder, **{field: value}))
 
 
+@pytest.mark.parametrize("field", ["num_classes", "num_train_examples", "num_eval_examples"])
+def test_synthetic_sizes_must_be_positive(field):
+    with pytest.raises(ConfigError, match=f"config.data.{field}=0 must be positive"):
+        validate_config(config_for(dataset="synthetic", **{field: 0}))
+
+
 def test_folder_defaults_validate_and_bad_splits_name_the_field(folder):
     validate_config(config_for(dataset="folder", folder=folder))  # eval split: "val"
     with pytest.raises(ConfigError, match="config.data.train_split='train\\[:100\\]'"):
