@@ -13,15 +13,14 @@ as training does. Eval: `Experiment.eval_feed_step` on the eval split's one batc
 made once and reused, so no host input cost is measured.
 
 Timing: each function is compiled ahead of time (`compile_s` = lower + compile), dispatched for at
-least `warmup` steps, then `steps` times split into `windows` consecutive windows (train: in
+least `warmup` steps, then for `steps` steps split into `windows` consecutive windows (train: in
 dispatches of `steps_per_dispatch` steps; a step's time is its dispatch's over that count). Calls
 are dispatched without waiting; each window ends with one `block_until_ready` on every output of its
 calls, so a window's wall time covers their device work. The spread is over the windows' per-step
 times; `dispatch_time_mean_s` is the host's share per step before the wait (near the step time:
-host-bound). Peak memory includes the synthetic splits replicated on every device.
-Peak memory is the devices' `peak_bytes_in_use` where the backend reports it (GPU, TPU), else the
-peak resident memory of this process (CPU); both count since the process started, so in a sweep they
-are the peak so far. MFU = model FLOPs per second per device (6 x forward MACs per image for a train
+host-bound). Peak memory is the devices' `peak_bytes_in_use` where the backend reports it (GPU,
+TPU), else the peak resident memory of this process (CPU); both count since the process started, so
+in a sweep they are the peak so far, and both include the synthetic splits held on the devices. MFU = model FLOPs per second per device (6 x forward MACs per image for a train
 step, 2 x for eval) over the device's dense bfloat16 peak (training.PEAK_FLOPS), whatever the dtype.
 """
 
@@ -51,11 +50,13 @@ from resnet_jax.models.registry import DTYPES, get_spec
 from resnet_jax.models.summary import count_params, flops_per_example
 
 MODES = ("train", "eval", "both")
-# The flag behind each config field the options set (model options are checked as "model.<option>").
+# The flag behind each config field that experiment_config sets from the options ("model": the
+# model's name; "model.<option>": an option of the model).
 FLAG_OF_FIELD = {"seed": "seed", "global_batch_size": "batch_size", "eval_batch_size": "batch_size",
-                 "model": "model", "model.name": "model", "model.dtype": "dtype",
-                 "model.bn_group_size": "bn_group_size", "data.image_size": "image_size",
-                 "data.num_classes": "num_classes", "steps_per_dispatch": "steps_per_dispatch"}
+                 "data.num_train_examples": "batch_size", "data.num_eval_examples": "batch_size",
+                 "model": "model", "model.dtype": "dtype", "model.bn_group_size": "bn_group_size",
+                 "data.image_size": "image_size", "data.num_classes": "num_classes",
+                 "steps_per_dispatch": "steps_per_dispatch"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +113,11 @@ def validate(opts: Options, available_devices: int) -> None:
 
 
 def flag_of(config_error: str) -> str:
-    """The flag behind a ConfigError message about config.<field> or config.model's option."""
+    """The flag that set the field a ConfigError message names: config.<field>, or a model option
+    ("config.model: model option <option>=...")."""
     option = re.search(r"model option (\w+)=", config_error)
-    field = re.match(r"config\.([\w.]+)", config_error)
-    return FLAG_OF_FIELD.get(f"model.{option[1]}" if option else field and field[1], "model")
+    field = f"model.{option[1]}" if option else re.match(r"config\.([\w.]+)", config_error)[1]
+    return FLAG_OF_FIELD[field]
 
 
 def resolved(opts: Options) -> Options:
