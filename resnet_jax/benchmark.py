@@ -1,48 +1,62 @@
 """Train- and eval-step throughput of a registered model, on synthetic data held by the devices.
 
     python -m resnet_jax.benchmark --model resnet50 --batch_size 256 --image_size 224 \
-        --dtype bfloat16 --steps 50 --warmup 5 --json bench.json
+        --dtype bfloat16 --steps 50 --warmup 5 [--steps_per_dispatch 10] --json bench.json
 
-The steps measured are training's own: `experiment.build_experiment` builds the mesh, the jitted
-train step (state donated) and eval step with their shardings, from a config whose only changes from
-`base_config()` are the model, batch, image size, dtype and BatchNorm grouping given here. The batch
-is generated once on the devices, float32 images sharded on the mesh's batch axis as training's
-batches are, and reused every step, so no host input cost is measured.
+The functions measured are those training and evaluation dispatch: `experiment.build_experiment`
+builds them from a config whose only changes from `base_config()` are the model, batch, image size,
+dtype, BatchNorm grouping and steps per dispatch given here, on the synthetic dataset held on the
+devices (config.data.placement "device"; one batch of examples in each split). Train:
+`Experiment.multi_step` (state donated), `steps_per_dispatch` steps per call on a feed of
+[steps_per_dispatch, B] train indices, each step gathering and augmenting its batch on the devices
+as training does. Eval: `Experiment.eval_feed_step` on the eval split's one batch. The feeds are
+made once and reused, so no host input cost is measured.
 
-Timing: each step function is compiled ahead of time (`compile_s` = lower + compile), run `warmup`
-times, then `steps` times split into `windows` consecutive windows. Steps are dispatched without
-waiting; each window ends with one `block_until_ready` on every output of its steps, so a window's
-wall time covers the device work of its steps. The spread is over the windows' per-step times;
-`dispatch_time_mean_s` is the host's share before the wait (near the step time: host-bound).
-Peak memory is the devices' `peak_bytes_in_use` where the backend reports it (GPU, TPU), else the
-peak resident memory of this process (CPU); both count since the process started, so in a sweep they
-are the peak so far. MFU = model FLOPs per second per device (6 x forward MACs per image for a train
-step, 2 x for eval) over the device's dense bfloat16 peak (training.PEAK_FLOPS), whatever the dtype.
+Timing: each function is compiled ahead of time (`compile_s` = lower + compile), dispatched for at
+least `warmup` steps, then for `steps` steps split into `windows` consecutive windows (train: in
+dispatches of `steps_per_dispatch` steps; a step's time is its dispatch's over that count). Calls
+are dispatched without waiting; each window ends with one `block_until_ready` on every output of its
+calls, so a window's wall time covers their device work. The spread is over the windows' per-step
+times; `dispatch_time_mean_s` is the host's share per step before the wait (near the step time:
+host-bound). Peak memory is the devices' `peak_bytes_in_use` where the backend reports it (GPU,
+TPU), else the peak resident memory of this process (CPU); both count since the process started, so
+in a sweep they are the peak so far, and both include the synthetic splits held on the devices. MFU = model FLOPs per second per device (6 x forward MACs per image for a train
+step, 2 x for eval) over the device's dense bfloat16 peak (plan.PEAK_FLOPS), whatever the dtype.
 """
 
 import dataclasses
 import json
+import math
 import os
 import platform
+import re
 import resource
 import sys
 import time
 from functools import partial
+from itertools import islice
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from resnet_jax import cli, experiment, parallel, training
-from resnet_jax.config import base_config
-from resnet_jax.errors import FlagError
+from resnet_jax import cli, experiment, parallel, plan
+from resnet_jax.config import base_config, validate_config
+from resnet_jax.data.base import stack_feeds
+from resnet_jax.errors import ConfigError, FlagError
 from resnet_jax.models.registry import DTYPES, get_spec
-from resnet_jax.models.summary import count_params, flops_per_example
+from resnet_jax.models.summary import count_params
 
 MODES = ("train", "eval", "both")
+# The flag behind each config field that experiment_config sets from the options ("model": the
+# model's name; "model.<option>": an option of the model).
+FLAG_OF_FIELD = {"seed": "seed", "global_batch_size": "batch_size", "eval_batch_size": "batch_size",
+                 "data.num_train_examples": "batch_size", "data.num_eval_examples": "batch_size",
+                 "model": "model", "model.dtype": "dtype", "model.bn_group_size": "bn_group_size",
+                 "data.image_size": "image_size", "data.num_classes": "num_classes",
+                 "steps_per_dispatch": "steps_per_dispatch"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,79 +75,80 @@ class Options:
     bn_group_size: Optional[int] = None
     num_classes: Optional[int] = None  # default: the model's own (1000 ImageNet, 10 CIFAR)
     seed: int = 0
+    steps_per_dispatch: int = 1  # train steps per call of multi_step
 
 
 def validate(opts: Options, available_devices: int) -> None:
     """Raise FlagError naming the first bad option, before anything is built or compiled.
 
-    Touches no device: `available_devices` is the number of devices the run could use."""
-    try:
-        get_spec(opts.model)
-    except ValueError as e:
-        raise FlagError(f"--model: {e}") from None
-    if opts.dtype not in DTYPES:
-        raise FlagError(f"--dtype {opts.dtype!r} is not allowed; expected one of {sorted(DTYPES)}")
+    What the options set in the config (model, dtype, batch, image size, ...) is checked by
+    config.validate_config on the config of each batch size; the rest here. Touches no device:
+    `available_devices` is the number of devices the run could use."""
     if opts.mode not in MODES:
         raise FlagError(f"--mode {opts.mode!r} is not allowed; expected one of {MODES}")
-    for name in ("steps", "windows", "image_size", "num_classes", "devices", "bn_group_size"):
+    for name in ("steps", "windows", "devices", "steps_per_dispatch"):
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise FlagError(f"--{name} {value} is not allowed; expected a positive int")
     if opts.warmup < 0:
         raise FlagError(f"--warmup {opts.warmup} is not allowed; expected an int >= 0")
+    if opts.steps % opts.steps_per_dispatch:
+        raise FlagError(f"--steps {opts.steps} is not a multiple of --steps_per_dispatch "
+                        f"{opts.steps_per_dispatch}; the timed steps are whole dispatches")
     count = opts.devices or available_devices
     if count > available_devices:
         raise FlagError(f"--devices {count} asks for more than the {available_devices} local "
-                         f"device(s) (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
-                         f"gives N)")
+                        f"device(s) (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                        f"gives N)")
     if not opts.batch_sizes:
         raise FlagError("--batch_size needs at least one size")
+    opts = resolved(opts)
     for batch in opts.batch_sizes:
-        if batch < 1 or batch % count:
-            raise FlagError(f"--batch_size {batch} is not a positive multiple of the {count} "
-                             f"device(s); the batch is global and split evenly over them")
-        if opts.bn_group_size and (batch // count) % opts.bn_group_size:
-            raise FlagError(f"--bn_group_size {opts.bn_group_size} does not divide the per-device "
-                             f"batch {batch // count} (--batch_size {batch} over {count} "
-                             f"device(s))")
+        try:
+            validate_config(experiment_config(opts, batch), device_count=count)
+        except ConfigError as e:
+            flag = flag_of(str(e))
+            value = batch if flag == "batch_size" else getattr(opts, flag)
+            raise FlagError(f"--{flag}={value}: {e}") from None
+
+
+def flag_of(config_error: str) -> str:
+    """The flag that set the field a ConfigError message names: config.<field>, or a model option
+    ("config.model: model option <option>=...")."""
+    option = re.search(r"model option (\w+)=", config_error)
+    field = f"model.{option[1]}" if option else re.match(r"config\.([\w.]+)", config_error)[1]
+    return FLAG_OF_FIELD[field]
 
 
 def resolved(opts: Options) -> Options:
-    """`opts` with the model's default image size and class count filled in."""
-    spec = get_spec(opts.model)
-    return dataclasses.replace(
-        opts, image_size=opts.image_size or (224 if spec.stem == "imagenet" else 32),
-        num_classes=opts.num_classes or spec.num_classes)
+    """`opts` with the model's default image size and class count filled in; FlagError naming
+    --model for an unknown model."""
+    try:
+        spec = get_spec(opts.model)
+    except ValueError as e:
+        raise FlagError(f"--model: {e}") from None
+    defaults = {"image_size": 224 if spec.stem == "imagenet" else 32,
+                "num_classes": spec.num_classes}
+    return dataclasses.replace(opts, **{name: default for name, default in defaults.items()
+                                        if getattr(opts, name) is None})
 
 
 def experiment_config(opts: Options, batch_size: int):
-    """base_config() on the synthetic dataset with this model, batch, image size and dtype."""
+    """base_config() on the synthetic dataset, held on the devices with one batch of examples in
+    each split, with this model, batch, image size, dtype and steps per dispatch."""
     c = base_config()
     c.seed = opts.seed
     c.model.name = opts.model
     c.model.dtype = opts.dtype
     c.model.bn_group_size = opts.bn_group_size
     c.global_batch_size = c.eval_batch_size = batch_size
+    c.steps_per_dispatch = opts.steps_per_dispatch
     c.data.dataset = "synthetic"
+    c.data.placement = "device"
     c.data.image_size = opts.image_size
     c.data.num_classes = opts.num_classes
-    c.data.num_train_examples = batch_size  # the host arrays are never read by the benchmark
-    c.data.num_eval_examples = 1
+    c.data.num_train_examples = c.data.num_eval_examples = batch_size
     return c
-
-
-def synthetic_batch(mesh: jax.sharding.Mesh, batch_size: int, image_shape: tuple[int, ...],
-                    num_classes: int, seed: int) -> dict[str, jax.Array]:
-    """image float32 [B, H, W, C] standard normal, label int32 [B] uniform, mask bool [B] all True;
-    generated on the devices and sharded on the batch axis like training's batches."""
-
-    def make(key):
-        image_key, label_key = jax.random.split(key)
-        return {"image": jax.random.normal(image_key, (batch_size,) + tuple(image_shape)),
-                "label": jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32),
-                "mask": jnp.ones((batch_size,), jnp.bool_)}
-
-    return jax.jit(make, out_shardings=parallel.batch_sharded(mesh))(jax.random.key(seed))
 
 
 class Window(NamedTuple):
@@ -146,11 +161,14 @@ class Window(NamedTuple):
 
 
 def time_windows(step: Callable[[], Any], steps: int, windows: int,
-                 wait: Callable[[list], Any] = jax.block_until_ready) -> list[Window]:
-    """Call `step` `steps` times in min(windows, steps) near-equal windows; each window is timed up
-    to `wait` on the list of its calls' outputs."""
-    windows = min(windows, steps)
-    sizes = [steps // windows + (i < steps % windows) for i in range(windows)]
+                 wait: Callable[[list], Any] = jax.block_until_ready,
+                 steps_per_call: int = 1) -> list[Window]:
+    """Call `step`, which runs `steps_per_call` steps, for `steps` steps in min(windows, calls)
+    near-equal windows of whole calls; each window is timed up to `wait` on the list of its calls'
+    outputs."""
+    calls = steps // steps_per_call
+    windows = min(windows, calls)
+    sizes = [calls // windows + (i < calls % windows) for i in range(windows)]
     timed = []
     for n in sizes:
         start = time.perf_counter()
@@ -158,7 +176,7 @@ def time_windows(step: Callable[[], Any], steps: int, windows: int,
         dispatched = time.perf_counter()
         wait(outputs)
         end = time.perf_counter()
-        timed.append(Window(n, end - start, dispatched - start))
+        timed.append(Window(n * steps_per_call, end - start, dispatched - start))
     return timed
 
 
@@ -179,7 +197,7 @@ def result_row(mode: str, params: int, global_batch: int, devices: int, device_k
     per_step = np.array([w.seconds / w.steps for w in timed])
     steps = sum(w.steps for w in timed)
     images = global_batch * steps / sum(w.seconds for w in timed)
-    peak = training.peak_flops(device_kind)
+    peak = plan.peak_flops(device_kind)
     return {
         "mode": mode, "params": params, "devices": devices, "global_batch": global_batch,
         "per_device_batch": global_batch // devices, "flops_per_image": flops,
@@ -194,15 +212,15 @@ def result_row(mode: str, params: int, global_batch: int, devices: int, device_k
     }
 
 
-class _TrainSteps:
-    """One call = one compiled train step on the state it holds (donated, then replaced); returns
-    that step's metrics, which are never donated and so can be waited on."""
+class _TrainDispatches:
+    """One call = one dispatch of the compiled multi_step on the state it holds (donated, then
+    replaced); returns its steps' metrics, which are never donated and so can be waited on."""
 
-    def __init__(self, compiled, state, batch):
-        self.compiled, self.state, self.batch = compiled, state, batch
+    def __init__(self, compiled, state, arrays, feeds):
+        self.compiled, self.state, self.arrays, self.feeds = compiled, state, arrays, feeds
 
     def __call__(self) -> dict[str, jax.Array]:
-        self.state, metrics = self.compiled(self.state, self.batch)
+        self.state, metrics = self.compiled(self.state, self.arrays, self.feeds)
         return metrics
 
 
@@ -211,26 +229,28 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
     `opts` must be resolved()."""
     exp = experiment.build_experiment(experiment_config(opts, batch_size), devices)
     state = exp.create_train_state()
-    batch = synthetic_batch(exp.mesh, batch_size, exp.pipeline.image_shape, opts.num_classes,
-                            opts.seed)
-    flops = dict(zip(("eval", "train"), flops_per_example(opts.model, opts.image_size,
-                                                          num_classes=opts.num_classes)))
+    arrays = exp.device_data()
+    k = opts.steps_per_dispatch
+    train_feeds = parallel.global_batch(stack_feeds(list(islice(exp.pipeline.train_feed(), k))),
+                                        exp.mesh, steps_axis=True)
+    eval_feed = parallel.global_batch(next(exp.pipeline.eval_feed()), exp.mesh)
+    flops = {"eval": exp.plan.model.forward_flops, "train": exp.plan.model.train_flops}
     params = count_params(state.params)
     rows = []
     for mode in ("train", "eval") if opts.mode == "both" else (opts.mode,):
         print(f"[benchmark] {opts.model} batch {batch_size}: {mode} step", file=sys.stderr,
               flush=True)
+        steps_per_call = k if mode == "train" else 1
         start = time.perf_counter()
         if mode == "train":
-            train_batch = {"image": batch["image"], "label": batch["label"]}
-            compiled = exp.train_step.lower(state, train_batch).compile()
-            step = _TrainSteps(compiled, state, train_batch)
+            compiled = exp.multi_step.lower(state, arrays, train_feeds).compile()
+            step = _TrainDispatches(compiled, state, arrays, train_feeds)
         else:
-            compiled = exp.eval_step.lower(state, batch).compile()
-            step = partial(compiled, state, batch)
+            compiled = exp.eval_feed_step.lower(state, arrays, eval_feed).compile()
+            step = partial(compiled, state, arrays, eval_feed)
         compile_s = time.perf_counter() - start
-        jax.block_until_ready([step() for _ in range(opts.warmup)])
-        timed = time_windows(step, opts.steps, opts.windows)
+        jax.block_until_ready([step() for _ in range(math.ceil(opts.warmup / steps_per_call))])
+        timed = time_windows(step, opts.steps, opts.windows, steps_per_call=steps_per_call)
         if mode == "train":
             state = step.state
         row = result_row(mode, params, batch_size, exp.mesh.size, devices[0].device_kind,
@@ -282,7 +302,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"{o['model']} ({rows[0]['params']:,} params) at {o['image_size']}x{o['image_size']}, "
              f"{o['dtype']}, {rows[0]['devices']} x {m['device_kind']} ({m['backend']}); "
              f"synthetic on-device data; {o['steps']} timed steps in {rows[0]['windows']} windows "
-             f"after {o['warmup']} warm-up; memory = {rows[0]['peak_memory_kind']}",
+             f"after {o['warmup']} warm-up, train {o['steps_per_dispatch']} per dispatch; "
+             f"memory = {rows[0]['peak_memory_kind']}",
              f"{'mode':<6}{'batch':>7}{'/dev':>6}{'compile s':>11}{'ms/step':>11}{'+-':>8}"
              f"{'dispatch':>10}{'img/s':>11}{'img/s/dev':>11}{'MFU':>7}{'peak mem':>12}"]
     for r in rows:
@@ -303,13 +324,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_size", None, "Default 224 (ImageNet models), 32 (CIFAR).")
     flags.DEFINE_string("dtype", "float32", f"One of {sorted(DTYPES)}.")
     flags.DEFINE_string("mode", "both", f"One of {MODES}.")
-    flags.DEFINE_integer("steps", 20, "Timed steps.")
-    flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+    flags.DEFINE_integer("steps", 20, "Timed steps (a multiple of --steps_per_dispatch).")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling (whole dispatches).")
     flags.DEFINE_integer("windows", 5, "Timed windows, each ended by block_until_ready.")
     flags.DEFINE_integer("devices", None, "Use the first N local devices (default all).")
     flags.DEFINE_integer("bn_group_size", None, "Examples per BatchNorm group.")
     flags.DEFINE_integer("num_classes", None, "Default: the model's own.")
-    flags.DEFINE_integer("seed", 0, "Seed of the parameters and the synthetic batch.")
+    flags.DEFINE_integer("seed", 0, "Seed of the parameters and the synthetic data.")
+    flags.DEFINE_integer("steps_per_dispatch", 1, "Train steps per dispatch (one compiled call); "
+                         "a step's time is the dispatch's over this count.")
     flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
 
@@ -322,7 +345,7 @@ def options_from_flags() -> tuple[Options, Optional[str]]:
         raise FlagError(f"--batch_size={','.join(f.batch_size)}: expected ints separated by "
                         "commas") from None
     names = ("model", "image_size", "dtype", "mode", "steps", "warmup", "windows", "devices",
-             "bn_group_size", "num_classes", "seed")
+             "bn_group_size", "num_classes", "seed", "steps_per_dispatch")
     return Options(batch_sizes=batch_sizes, **{n: f[n].value for n in names}), f.json
 
 
@@ -337,7 +360,6 @@ def report(result: dict[str, Any], json_path: Optional[str]) -> None:
 def main(argv) -> None:
     del argv
     opts, json_path = options_from_flags()
-    validate(opts, jax.local_device_count())
     report(run(opts), json_path)
 
 

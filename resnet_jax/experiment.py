@@ -38,8 +38,6 @@ class Experiment:
     tx: optax.GradientTransformation
     total_steps: int
     init: Callable[[], TrainState]  # jitted steps.create_train_state with replicated output
-    train_step: Callable  # (state, global batch) -> (state, metrics)
-    eval_step: Callable  # (state, global eval batch) -> sums
     multi_step: Callable  # (state, device_data(), global feeds [n, B]) -> (state, metrics [n])
     eval_feed_step: Callable  # (state, device_data(), global eval feed) -> sums
     steps_per_dispatch: int
@@ -96,9 +94,6 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
                                      config.seed), out_shardings=replicated)
     step_fn = make_train_step(model, tx, schedule, config.label_smoothing)
     eval_fn = make_eval_step(model)
-    train_step = jax.jit(step_fn, in_shardings=(replicated, batch),
-                         out_shardings=(replicated, replicated), donate_argnums=(0,))
-    eval_step = jax.jit(eval_fn, in_shardings=(replicated, batch), out_shardings=replicated)
     multi_step = jax.jit(make_multi_step(step_fn, pipeline.train_batch_from_feed),
                          in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
                          out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -109,4 +104,4 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
                                                     mesh.devices.flat[0].platform)
     return Experiment(config, mesh, pipeline, model, schedule, tx,
                       optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,
-                      train_step, eval_step, multi_step, eval_feed_step, steps_per_dispatch)
+                      multi_step, eval_feed_step, steps_per_dispatch)

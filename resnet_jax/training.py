@@ -11,22 +11,15 @@ import json
 import time
 
 import jax
-import numpy as np
 
 from resnet_jax import parallel, storage
 from resnet_jax.actions import (Action, CheckStop, Evaluate, SaveCheckpoint, StopRequest, Tick,
                                 TrainLog, dispatch_length)
 from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
+from resnet_jax.data.base import stack_feeds
 from resnet_jax.console import Console, final_summary, header
 from resnet_jax.experiment import Experiment, build_experiment
 from resnet_jax.metric_writers import MetricWriter, read_metrics
-
-
-def _stack(feeds: list[dict]) -> dict:
-    """The feeds of consecutive steps stacked on a new leading axis (one feed: a view, no copy)."""
-    if len(feeds) == 1:
-        return {k: v[None] for k, v in feeds[0].items()}
-    return {k: np.stack([f[k] for f in feeds]) for k in feeds[0]}
 
 
 def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_checkpoint=False,
@@ -92,7 +85,7 @@ def _train(exp: Experiment, state, step: int, actions: list[Action], log: TrainL
     tick = Tick(step, last=False, dispatches=0)
     while not (tick.last or tick.stopping):
         n = dispatch_length(tick.step, exp.steps_per_dispatch, actions, exp.total_steps)
-        local = _stack([next(feeds) for _ in range(n)])
+        local = stack_feeds([next(feeds) for _ in range(n)])
         state, metrics = exp.multi_step(
             state, arrays, parallel.global_batch(local, exp.mesh, steps_axis=True))
         log.add(tick.step + 1, n, metrics)

@@ -82,19 +82,50 @@ def test_time_windows_splits_steps_and_waits_once_per_window():
     assert waits == [[1, 2, 3], [4, 5], [6, 7]]
     assert all(0 <= w.dispatch_seconds <= w.seconds for w in timed)
     assert [w.steps for w in benchmark.time_windows(lambda: 0, steps=2, windows=5)] == [1, 1]
+    calls.clear()
+    timed = benchmark.time_windows(lambda: calls.append(1), steps=6, windows=5, wait=len,
+                                   steps_per_call=2)
+    assert len(calls) == 3 and [w.steps for w in timed] == [2, 2, 2]
+
+
+def test_steps_per_dispatch_times_whole_dispatches_of_multi_step():
+    opts = benchmark.Options(model="cifar_resnet20", batch_sizes=(4,), image_size=8, steps=4,
+                             warmup=1, windows=3, mode="train", steps_per_dispatch=2)
+    report = benchmark.run(opts)
+    (row,) = report["results"]
+    check_row(row, "train", 4, report["machine"]["local_devices"], 8)
+    assert row["windows"] == 2  # 4 steps = 2 dispatches, at most one window each
+    assert "train 2 per dispatch" in benchmark.format_table(report)
+
+
+def test_the_benchmark_config_is_synthetic_data_on_the_devices():
+    opts = benchmark.resolved(benchmark.Options(model="resnet18", steps_per_dispatch=5))
+    c = benchmark.experiment_config(opts, 16)
+    assert (c.data.dataset, c.data.placement, c.data.image_size, c.data.num_classes) == (
+        "synthetic", "device", 224, 1000)
+    assert (c.global_batch_size, c.data.num_train_examples, c.steps_per_dispatch) == (16, 16, 5)
 
 
 @pytest.mark.parametrize("changes, devices, message", [
-    ({"model": "resnet51"}, 1, "unknown model 'resnet51'"),
-    ({"batch_sizes": (6,)}, 4, "--batch_size 6 is not a positive multiple of the 4 device(s)"),
-    ({"batch_sizes": (8, 12)}, 8, "--batch_size 12 is not a positive multiple of the 8 device(s)"),
+    ({"model": "resnet51"}, 1, "--model: unknown model 'resnet51'"),
+    ({"batch_sizes": (6,)}, 4, "--batch_size=6: config.global_batch_size=6 is not divisible by "
+                               "the 4 devices"),
+    ({"batch_sizes": (8, 12)}, 8, "--batch_size=12: config.global_batch_size=12 is not divisible"),
+    ({"batch_sizes": (0,)}, 1, "--batch_size=0: config.global_batch_size=0 is not allowed"),
     ({"devices": 2}, 1, "--devices 2 asks for more than the 1 local device(s)"),
     ({"batch_sizes": (16,), "bn_group_size": 3}, 2,
-     "--bn_group_size 3 does not divide the per-device batch 8"),
-    ({"dtype": "float16"}, 1, "--dtype 'float16' is not allowed"),
+     "--bn_group_size=3: config.model.bn_group_size=3 must divide the per-device batch 8"),
+    ({"dtype": "float16"}, 1, "--dtype=float16: config.model: model option dtype='float16' is "
+                              "not allowed"),
+    ({"image_size": 0}, 1, "--image_size=0: config.data.image_size=0 must be positive"),
+    ({"num_classes": 0}, 1, "--num_classes=0: config.data.num_classes=0 must be positive"),
+    ({"seed": -1}, 1, "--seed=-1: config.seed=-1 is not allowed"),
     ({"mode": "infer"}, 1, "--mode 'infer' is not allowed"),
     ({"steps": 0}, 1, "--steps 0 is not allowed"),
     ({"warmup": -1}, 1, "--warmup -1 is not allowed"),
+    ({"steps_per_dispatch": 0}, 1, "--steps_per_dispatch 0 is not allowed"),
+    ({"steps": 10, "steps_per_dispatch": 4}, 1,
+     "--steps 10 is not a multiple of --steps_per_dispatch 4"),
 ])
 def test_bad_arguments_are_named(changes, devices, message):
     fields = {"model": "cifar_resnet20", "batch_sizes": (8,), **changes}
@@ -124,6 +155,8 @@ def test_torch_reference_rejects_what_it_cannot_run():
         torch_reference.validate(benchmark.Options(model="cifar_resnet20"))
     with pytest.raises(ValueError, match="one GPU"):
         torch_reference.validate(benchmark.Options(model="resnet50", devices=2))
+    with pytest.raises(ValueError, match="--steps_per_dispatch"):
+        torch_reference.validate(benchmark.Options(model="resnet50", steps_per_dispatch=2))
 
 
 def _torch_sees_a_gpu() -> bool:

@@ -58,6 +58,21 @@ def test_eval_errors_are_one_line_with_exit_2(args, fragments, tmp_path):
     _assert_one_line_error(result, "eval.py", *fragments)
 
 
+def test_train_py_finds_its_default_config_from_any_directory(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--dry_run"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env=env_with_devices(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "digits: 1,437 train / 360 eval examples" in result.stdout, result.stdout
+
+
+def test_the_package_train_command_needs_a_config(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "resnet_jax.train_command", "--dry_run"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env=env_with_devices(1))
+    _assert_one_line_error(result, "python -m resnet_jax.train_command", "--config is required")
+
+
 def test_an_internal_error_keeps_its_traceback(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("def get_config():\n    raise RuntimeError('a bug in the config file')\n")

@@ -10,7 +10,7 @@ import pytest
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.errors import ConfigError
 from resnet_jax.data import HostSlice, splits
-from resnet_jax.data.image_files import write_image_folder
+from resnet_jax.data.benchmark_files import write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,12 @@ def config_for(**data):
 def test_bad_values_name_the_field(folder, field, value):
     with pytest.raises(ConfigError, match=f"config.data.{field}"):
         validate_config(config_for(dataset="folder", folder=folder, **{field: value}))
+
+
+@pytest.mark.parametrize("field", ["num_classes", "num_train_examples", "num_eval_examples"])
+def test_synthetic_sizes_must_be_positive(field):
+    with pytest.raises(ConfigError, match=f"config.data.{field}=0 must be positive"):
+        validate_config(config_for(dataset="synthetic", **{field: 0}))
 
 
 def test_folder_defaults_validate_and_bad_splits_name_the_field(folder):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.data import HostSlice, build_pipeline
-from resnet_jax.data.image_files import store_folder_as_tfds, write_image_folder
+from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_folder
 from resnet_jax.data.preprocessing import Preprocessor
 from resnet_jax.data.sources import FolderSource, InMemorySource, TFDSSource
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.data import HostSlice, build_pipeline
-from resnet_jax.data.image_files import synthetic_image
+from resnet_jax.data.benchmark_files import synthetic_image
 from resnet_jax.data.on_device import Augmentation, DevicePipeline
 from train_cli import REPO
 

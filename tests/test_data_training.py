@@ -5,7 +5,7 @@ import os
 import pytest
 
 from resnet_jax.config import base_config
-from resnet_jax.data.image_files import store_folder_as_tfds, write_image_folder
+from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_folder
 from resnet_jax.training import train_and_evaluate
 
 

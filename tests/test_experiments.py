@@ -1,6 +1,8 @@
 """The sweep runner (printed commands and a tiny real sweep), the error-curve plot, and the
 gradient-flow analysis on a tiny batch."""
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +31,17 @@ def test_split_specs_keeps_commas_inside_an_argument():
         "cifar_preact-resnet164-cifar100"
 
 
-def _command(module, *args):
+def _command(module, *args, cwd=REPO, env=None):
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+                          timeout=600, cwd=cwd, env=env)
+
+
+def _installed_package(root: Path) -> dict:
+    """An environment whose resnet_jax is a copy of the package alone under `root`, as a
+    non-editable install has it: no train.py, no configs/."""
+    shutil.copytree(REPO / "resnet_jax", root / "resnet_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dict(os.environ, PYTHONPATH=str(root))
 
 
 def test_print_only_prints_one_command_per_config_and_runs_nothing(tmp_path):
@@ -41,8 +51,8 @@ def test_print_only_prints_one_command_per_config_and_runs_nothing(tmp_path):
                     str(tmp_path / "runs"), "--print_only", "--config.seed=3")
     lines = done.stdout.strip().splitlines()
     assert done.returncode == 0 and len(lines) == 3, done.stderr[-2000:]
-    assert all("train.py --config configs/" in line and line.endswith("--config.seed=3")
-               for line in lines)
+    assert all(line.startswith(f"{sys.executable} -m resnet_jax.train_command --config configs/")
+               and line.endswith("--config.seed=3") for line in lines)
     assert f"--workdir {tmp_path}/runs/cifar-plain20 " in lines[0]
     assert "--config configs/cifar_preact.py:resnet164,cifar100 " in lines[2]
     assert not (tmp_path / "runs").exists()
@@ -70,12 +80,14 @@ def test_experiment_commands_report_bad_arguments_in_one_line(module, args, mess
 
 
 def test_tiny_sweep_then_plot(tmp_path):
+    """The sweep runs from outside the repository with the package alone, as installed."""
     overrides = ["--config.schedule.length=4", "--config.eval_every_steps=2",
                  "--config.log_every_steps=1", "--config.global_batch_size=32",
                  "--config.eval_batch_size=40", "--config.checkpoint_every_steps=100"]
+    env = _installed_package(tmp_path / "site")
     done = _command("resnet_jax.experiments.sweep",
                     f"--configs={DEGRADATION}:plain20,{DEGRADATION}:resnet20",
-                    "--workdir_root", str(tmp_path), *overrides)
+                    "--workdir_root", str(tmp_path), *overrides, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     workdirs = [str(tmp_path / "degradation-plain20"), str(tmp_path / "degradation-resnet20")]
     for workdir in workdirs:

@@ -11,12 +11,11 @@ import resnet_jax.data as data_lib
 from resnet_jax import parallel
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.data import HostSlice, build_pipeline
-from resnet_jax.data.base import ArrayPipeline
+from resnet_jax.data.base import ArrayPipeline, stack_feeds
 from resnet_jax.data.on_device import Augmentation, DevicePipeline, augment, crop_offsets_and_flips
 from resnet_jax.errors import ConfigError
 from resnet_jax.experiment import build_experiment
 from resnet_jax.actions import Action, dispatch_length
-from resnet_jax.training import _stack
 
 
 def digits_config(**data):
@@ -142,7 +141,7 @@ def test_k_steps_in_one_dispatch_equal_k_dispatches_of_one_step():
         """(params and BatchNorm statistics, optimizer state, losses) after `lengths` dispatches."""
         state, feeds, losses = exp.create_train_state(), exp.pipeline.train_feed(0), []
         for n in lengths:
-            local = _stack([next(feeds) for _ in range(n)])
+            local = stack_feeds([next(feeds) for _ in range(n)])
             state, m = exp.multi_step(state, arrays, parallel.global_batch(local, exp.mesh, True))
             losses.extend(jax.device_get(m["loss"]))
         assert int(state.step) == sum(lengths)

@@ -64,6 +64,10 @@ def validate_data_config(data_config, require_data: bool = True) -> None:
         raise ConfigError(f"config.data.max_shift={data_config.max_shift} must be >= 0")
     if data_config.image_size <= 0:
         raise ConfigError(f"config.data.image_size={data_config.image_size} must be positive")
+    if data_config.dataset == "synthetic":
+        for field in ("num_classes", "num_train_examples", "num_eval_examples"):
+            if data_config[field] <= 0:
+                raise ConfigError(f"config.data.{field}={data_config[field]} must be positive")
     if data_config.dataset not in catalog.DATASETS:
         return
     _check_choice(data_config, "train_augment", catalog.TRAIN_AUGMENTS, none_allowed=True)

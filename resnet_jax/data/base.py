@@ -79,6 +79,13 @@ def pad_eval_batch(batch: Batch, size: int) -> Batch:
     return out
 
 
+def stack_feeds(feeds: list[Batch]) -> Batch:
+    """The feeds of consecutive steps stacked on a new leading axis (one feed: a view, no copy)."""
+    if len(feeds) == 1:
+        return {k: v[None] for k, v in feeds[0].items()}
+    return {k: np.stack([f[k] for f in feeds]) for k in feeds[0]}
+
+
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """int64 [num_examples]: the order of the train examples in `epoch`, a function of (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(num_examples)

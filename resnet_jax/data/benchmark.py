@@ -35,7 +35,7 @@ IMAGENET_SHUFFLE_BUFFER = 9_500  # the default buffer for ImageNet (1 GiB of its
 
 def write_dataset(root: str, num_images: int, num_eval_images: int, source: str) -> None:
     """Synthetic ImageNet-like JPEGs under root (skipped if already there)."""
-    from resnet_jax.data.image_files import store_folder_as_tfds, write_image_folder
+    from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_folder
 
     folder = os.path.join(root, "images")
     if not os.path.isdir(folder):

@@ -1,4 +1,4 @@
-"""Run a list of configs (each over several seeds) one after another, or print their train.py
+"""Run a list of configs (each over several seeds) one after another, or print their train
 commands for a cluster.
 
     python -m resnet_jax.experiments.sweep --workdir_root runs/fig6 \
@@ -17,8 +17,11 @@ config file's stem and its argument ("cifar-plain20").
 explicit seed: `--seeds=7,`). Runs go seed by seed (every config at the first seed, then every
 config at the next), so a sweep cut short still compares all configs. --seeds and --config.seed
 together are an error.
-Runs are separate train.py processes, so a run resumes if the sweep is started again, and a finished
-run reports that it is complete and exits 0 (a few seconds of start-up each).
+Runs are separate processes of the train command (`python -m resnet_jax.train_command`, what the
+repository's train.py runs; through the package, so the sweep works wherever resnet_jax is
+installed), so a run resumes if the sweep is started again, and a finished run reports that it is
+complete and exits 0 (a few seconds of start-up each). Relative config paths are read from the
+working directory.
 """
 
 import re
@@ -34,7 +37,7 @@ from resnet_jax import cli, storage
 from resnet_jax.errors import FlagError
 from resnet_jax.experiments import runs
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
+TRAIN_MODULE = "resnet_jax.train_command"
 
 
 def split_specs(values: list[str]) -> list[str]:
@@ -78,10 +81,10 @@ def parse_seeds(value: str) -> list[int]:
 
 def train_commands(specs: list[str], workdir_root: str, overrides: list[str],
                    seeds: Optional[list[int]] = None) -> list[list[str]]:
-    """One train.py argument list per spec, or with `seeds` one per (seed, spec), seed-major, each
-    with --config.seed=<s> and its own workdir (runs.seed_workdir)."""
+    """One train command (argument list) per spec, or with `seeds` one per (seed, spec),
+    seed-major, each with --config.seed=<s> and its own workdir (runs.seed_workdir)."""
     def command(spec: str, workdir, extra: list[str]) -> list[str]:
-        return [sys.executable, str(TRAIN_SCRIPT), "--config", spec, "--workdir", str(workdir),
+        return [sys.executable, "-m", TRAIN_MODULE, "--config", spec, "--workdir", str(workdir),
                 *overrides, *extra]
 
     if seeds is None:
@@ -102,7 +105,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> int:
-    """Runs (or prints) one train.py command per spec; argv[1:] are the --config.<field>=<value>
+    """Runs (or prints) one train command per spec; argv[1:] are the --config.<field>=<value>
     overrides passed to every run. Returns the first failing run's exit status, else 0."""
     f = flags.FLAGS
     overrides = argv[1:]
