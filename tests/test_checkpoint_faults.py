@@ -2,9 +2,11 @@
 unverified checkpoints are set aside at resume (never deleted) or stop the run; a failed save (or
 record) fails loudly in one line and leaves earlier checkpoints intact."""
 
+import logging
 import os
 import shutil
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -93,6 +95,16 @@ def test_no_good_checkpoint_stops_unless_a_flag_says_what_to_do(finished, copy_o
     assert "Resumed" not in capsys.readouterr().out
     assert len(list((copy_of / "checkpoints_set_aside").glob("*.*[0-9]"))) == 3
     assert Checkpointer(copy_of / "checkpoints", read_only=True).verify(4) == "sha256"
+
+
+def test_constructing_a_checkpointer_changes_no_process_wide_hook(tmp_path):
+    def hooks():
+        return (sys.excepthook, sys.unraisablehook,
+                list(logging.getLogger("asyncio").filters), list(logging.getLogger("absl").filters))
+
+    before = hooks()
+    Checkpointer(tmp_path / "checkpoints").close()
+    assert hooks() == before
 
 
 def poisoned(from_index):
