@@ -22,6 +22,11 @@ from resnet_jax.checkpoint.compatibility import array_shapes, check_compatible
 from resnet_jax.errors import DamagedCheckpointError, StorageError, UnverifiedCheckpointError
 
 BEST_METRIC = "eval_top1"
+# Orbax deletes the steps beyond the latest `keep` right after it commits a new one, before that
+# one's integrity record is written. A save starts only after the previous save's record is
+# written (`save` waits for it), so with two or more kept the newest verified checkpoint survives
+# until a newer one is verified; with one, a kill in that window would leave nothing good.
+MIN_KEEP = 2
 LISTING_ATTEMPTS = 6
 SET_ASIDE_NOTE = "README.txt"
 SET_ASIDE_TEXT = ("Checkpoints that a resuming run found damaged or unverified, moved here as "
@@ -52,11 +57,13 @@ class Restored(NamedTuple):
 
 
 class Checkpointer:
-    """A CheckpointManager keeping the latest `keep` checkpoints and the best
+    """A CheckpointManager keeping the latest `keep` (at least MIN_KEEP) checkpoints and the best
     by eval top-1, with an integrity record per step. Constructing one changes nothing outside it."""
 
     def __init__(self, directory: storage.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
+        if keep < MIN_KEEP:
+            raise ValueError(f"keep={keep}: at least {MIN_KEEP} checkpoints must be kept")
         self.directory = storage.path(directory)
         self.async_save = async_save
         self._recorder: Optional[threading.Thread] = None
@@ -114,8 +121,9 @@ class Checkpointer:
             raise error
 
     def save(self, step: int, state: Any, meta: dict, metrics: Optional[dict] = None) -> None:
-        """Start saving (asynchronously unless async_save=False); `metrics` with eval_top1 make it
-        a candidate for best. Raises StorageError if this or the previous save failed."""
+        """Start saving (asynchronously unless async_save=False) once the previous save and its
+        record are complete; `metrics` with eval_top1 make it a candidate for best. Raises
+        StorageError if this or the previous save failed."""
         if metrics is not None and BEST_METRIC not in metrics:
             metrics = None
         self._finish_pending()

@@ -4,15 +4,18 @@
 A checkpoint is
 - good (VERIFIED): every file matches its record;
 - damaged (DamagedCheckpointError): a recorded file is missing, of another size or altered;
-- unverified (UnverifiedCheckpointError): its record is missing or unreadable (a save cut short by a
-  kill or a full disk, or code older than the record), so nothing vouches for its files.
+- interrupted (InterruptedCheckpointError, an UnverifiedCheckpointError): it has no record, because
+  its save was cut short between Orbax's commit and the record (a kill, a full disk), or older code
+  wrote it;
+- unverified (UnverifiedCheckpointError): its record is unreadable.
 """
 
 import hashlib
 import json
 
 from resnet_jax import storage
-from resnet_jax.errors import DamagedCheckpointError, StorageError, UnverifiedCheckpointError
+from resnet_jax.errors import (DamagedCheckpointError, InterruptedCheckpointError, StorageError,
+                               UnverifiedCheckpointError)
 
 CHECKSUMS = "checksums.json"
 CHECKSUMMED_ITEMS = ("state", "meta")
@@ -55,8 +58,8 @@ def verify(step: int, step_dir, allow_unverified: bool = False) -> str:
     """VERIFIED when every file of checkpoint `step` (in `step_dir`) matches its integrity record.
 
     Raises DamagedCheckpointError naming the first file that is missing, of the wrong size or
-    altered, and UnverifiedCheckpointError when the record is missing or unreadable, unless
-    `allow_unverified` (then returns "unverified: <reason>").
+    altered; InterruptedCheckpointError when the record is missing and UnverifiedCheckpointError
+    when it is unreadable, unless `allow_unverified` (then returns "unverified: <reason>").
     """
     listing = step_dir / CHECKSUMS
     if not step_dir.is_dir():
@@ -66,7 +69,7 @@ def verify(step: int, step_dir, allow_unverified: bool = False) -> str:
         if not isinstance(expected, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:
-        problem = UnverifiedCheckpointError(
+        problem = InterruptedCheckpointError(
             step, listing, "no integrity record: the save was cut short (killed, disk full, "
             "storage unreachable) or written by older code")
     except Exception as e:  # noqa: BLE001 (OS, gcsfs and JSON errors)
