@@ -14,6 +14,8 @@ from typing import Callable, NoReturn, Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from resnet_jax import library_errors
+from resnet_jax.checkpoint import quiet_failed_save_aftermath
 from resnet_jax.errors import UserError, innermost
 
 USAGE_EXIT_CODE = 2
@@ -44,6 +46,8 @@ def fail(message: str) -> NoReturn:
     here after the command's own cleanup ran, and the interpreter's teardown is what library
     threads still running then have crashed (TensorStore's writes orphaned by a save that failed
     on an unreachable bucket: exit -11 or a "Fatal Python error" instead of this line's status).
+    This is the one mechanism against that crash: skipping the teardown beats any attempt to
+    settle those writes before it (an atexit hook would never run here anyway).
     """
     print(f"{program_name()}: error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
@@ -55,15 +59,12 @@ def _last_line(error: BaseException) -> str:
 
 
 def _unknown_override(argv: list[str], error: BaseException) -> str:
-    """The message for a --config.<field> override that names no field: ml_collections raises an
-    AttributeError or KeyError whose text holds the name in quotes and a "Did you mean ..."."""
-    text = str(error).replace("\\'", "'").replace("\\n", " ")
-    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
-    quoted = re.search(r"'([A-Za-z_][\w]*)'", text)
-    name = suggestion.group(2) if suggestion else quoted.group(1) if quoted else text
+    """The message for a --config.<field> override that names no field (ml_collections'
+    AttributeError or KeyError), naming the override and the close field if there is one."""
+    name, suggestion = library_errors.unknown_config_field(error)
     flag = next((a.split("=")[0] for a in argv
                  if re.match(rf"--config\.(.+\.)?{re.escape(name)}(=|$)", a)), "--config")
-    hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+    hint = f"; did you mean {suggestion!r}?" if suggestion else ""
     return f"{flag}: the config has no field {name!r}{hint}"
 
 
@@ -79,7 +80,7 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
             flags.FLAGS.config.keys()  # raises the load error of a file that failed
         return rest
     except flags.Error as e:
-        if "Traceback" not in str(e):  # absl's own: an unknown flag, a value of the wrong type
+        if not library_errors.raised_in_config_file(e):  # absl's own: an unknown flag, a bad value
             fail(_last_line(e))
         if isinstance(innermost(e), UserError):  # a config file rejecting its argument
             fail(_last_line(innermost(e)))
@@ -93,7 +94,8 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
 def run(main: Callable[[list[str]], Optional[int]], arguments: Optional[str] = None,
         pass_through: Optional[str] = None) -> None:
     """absl.app.run(main), with flag errors and UserErrors from `main` as one line and exit 2;
-    absl logs warnings and errors unless --verbosity says otherwise. `main` receives argv: the
+    absl logs warnings and errors unless --verbosity says otherwise, and a failed checkpoint
+    save's aftermath is quieted (checkpoint.quiet_failed_save_aftermath). `main` receives argv: the
     program, then the positional arguments if the command takes some (`arguments` names them, for
     the message), then the flags starting with `pass_through` (which it forwards elsewhere)."""
 
@@ -106,6 +108,7 @@ def run(main: Callable[[list[str]], Optional[int]], arguments: Optional[str] = N
             fail(f"unexpected arguments {stray}{takes} (flags take the form --name=value)")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # JAX and Orbax log routine steps at INFO
+        quiet_failed_save_aftermath()
         try:
             return main(argv)
         except UserError as e:

@@ -152,7 +152,9 @@ _RULES: list[tuple[str, Check, str]] = [
     ("log_every_steps", lambda v: v > 0, "a positive int"),
     ("eval_every_steps", lambda v: v is None or v > 0, "a positive int, or None for every epoch"),
     ("checkpoint_every_steps", lambda v: v > 0, "a positive int"),
-    ("keep_checkpoints", lambda v: v > 0, "a positive int"),
+    # Two at least, so that the newest verified checkpoint outlives the save of the next one
+    # (MIN_KEEP in checkpoint/checkpointer.py says why).
+    ("keep_checkpoints", lambda v: v >= 2, "an int of at least 2"),
 ]
 
 

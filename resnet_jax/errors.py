@@ -40,6 +40,11 @@ class UnverifiedCheckpointError(RuntimeError):
         super().__init__(f"checkpoint step {step} is unverified: {path}: {reason}")
 
 
+class InterruptedCheckpointError(UnverifiedCheckpointError):
+    """A checkpoint has no integrity record: its save was cut short after Orbax committed it and
+    before the record was written (or older code wrote it)."""
+
+
 class NoGoodCheckpointError(UserError):
     """A run has checkpoints but none of them can be resumed from; says what the user may do."""
 

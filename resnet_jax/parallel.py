@@ -12,9 +12,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from resnet_jax.library_errors import is_no_cluster
+
 DATA_AXIS = "data"
-# What jax.distributed.initialize raises when it finds no cluster and was given no coordinator.
-_NO_CLUSTER = "coordinator_address should be defined"
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
@@ -32,7 +32,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
     except ValueError as e:
-        if explicit or _NO_CLUSTER not in str(e):
+        if explicit or not is_no_cluster(e):
             raise
         return
     logging.info("process %d of %d joined; %d local of %d devices", jax.process_index(),

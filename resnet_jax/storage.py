@@ -13,7 +13,6 @@ Object stores have neither append nor atomic rename, but an object upload is all
 """
 
 import os
-import re
 import socket
 import time
 from typing import Union
@@ -32,6 +31,7 @@ if fsspec is not None:
     fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 from resnet_jax.errors import StorageError, innermost  # noqa: E402
+from resnet_jax.library_errors import tensorstore_cause  # noqa: E402
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,13 +48,9 @@ def path(p: PathLike) -> epath.Path:
 
 def cause(error: BaseException) -> str:
     """The innermost cause of `error` in one line: "[Errno 28] No space left on device", or for
-    TensorStore's long messages (which name every nested file) their last clause, e.g. "Failed to
-    write 217737 bytes to file 5: No space left on device"."""
+    TensorStore's messages their innermost clause (library_errors.tensorstore_cause)."""
     error = innermost(error)
-    text = str(error).strip().split("\n")[0]
-    text = re.sub(r"\s*\[(source locations|os_error_code)=[^\]]*\]", "", text)
-    if len(text) > 300 and '": ' in text:
-        text = text.rsplit('": ', 1)[1]
+    text = tensorstore_cause(str(error).strip().split("\n")[0])
     if not text or "://" in text.split(" ")[0]:  # aiohttp and gcsfs errors may be a bare URL
         text = f"{type(error).__name__} {text}".strip()
     return text[:300]

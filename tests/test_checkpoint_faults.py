@@ -1,10 +1,14 @@
 """Faults that end well: divergence names the quantity and the last good checkpoint; damaged or
-unverified checkpoints are set aside at resume (never deleted) or stop the run; a failed save (or
-record) fails loudly in one line and leaves earlier checkpoints intact."""
+unverified checkpoints are set aside at resume (never deleted) or stop the run, and a run killed
+before its first checkpoint's record restarts by itself; a failed save (or record) fails loudly in
+one line and leaves earlier checkpoints intact; retention never deletes the newest verified
+checkpoint before a newer one is verified."""
 
+import logging
 import os
 import shutil
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,9 +16,10 @@ import pytest
 
 from resnet_jax import data as data_lib
 from resnet_jax import storage
-from resnet_jax.checkpoint import CHECKSUMS, Checkpointer
+from resnet_jax.checkpoint import CHECKSUMS, Checkpointer, integrity, resume_step
+from resnet_jax.config import validate_config
 from resnet_jax.divergence import nonfinite_quantities
-from resnet_jax.errors import (NoGoodCheckpointError, NonFiniteLossError, StorageError,
+from resnet_jax.errors import (ConfigError, NoGoodCheckpointError, NonFiniteLossError, StorageError,
                                UnverifiedCheckpointError)
 from resnet_jax.training import train_and_evaluate
 from train_cli import assert_trees_equal, checkpoint_steps, final_state, run_train, tiny_config
@@ -72,12 +77,13 @@ def test_damaged_latest_is_set_aside_and_the_run_resumes_to_the_same_bits(finish
 
 
 def test_no_good_checkpoint_stops_unless_a_flag_says_what_to_do(finished, copy_of, capsys):
-    for step in (4, 6, 8):
-        os.remove(copy_of / "checkpoints" / str(step) / CHECKSUMS)
+    for step in (4, 6, 8):  # records that are there but unreadable: not an interrupted save
+        (copy_of / "checkpoints" / str(step) / CHECKSUMS).write_text("{not json")
     with pytest.raises(NoGoodCheckpointError) as err:
         train(copy_of)
     message = str(err.value)
     assert "step 8 is unverified" in message and "step 4 is unverified" in message
+    assert "unreadable integrity record" in message
     assert "--allow_unverified_checkpoint" in message
     assert "--start_fresh_if_no_good_checkpoint" in message
     assert checkpoint_steps(copy_of) == [4, 6, 8]  # nothing moved
@@ -93,6 +99,83 @@ def test_no_good_checkpoint_stops_unless_a_flag_says_what_to_do(finished, copy_o
     assert "Resumed" not in capsys.readouterr().out
     assert len(list((copy_of / "checkpoints_set_aside").glob("*.*[0-9]"))) == 3
     assert Checkpointer(copy_of / "checkpoints", read_only=True).verify(4) == "sha256"
+
+
+def test_a_run_killed_before_its_first_record_restarts_by_itself_to_the_same_bits(tmp_path,
+                                                                                  capsys):
+    """The state a kill leaves between Orbax's commit of the first checkpoint and its record:
+    step 4 committed without checksums.json, nothing saved after it. The same command then sets
+    step 4 aside, trains from step 0 and ends where a run never interrupted ends."""
+    config = short_config()
+    config.checkpoint_every_steps = 4
+    train(tmp_path, config)
+    uninterrupted = final_state(tmp_path)[0]
+    shutil.rmtree(tmp_path / "checkpoints" / "8")
+    os.remove(tmp_path / "checkpoints" / "4" / CHECKSUMS)
+    capsys.readouterr()
+
+    train(tmp_path, config)
+    out = capsys.readouterr().out
+    (moved,) = (tmp_path / "checkpoints_set_aside").glob("4.*")
+    assert (f"no checkpoint in {tmp_path / 'checkpoints'} was completed: the saves of steps [4] "
+            f"were cut short before their integrity records; set aside to {moved}; training from "
+            "step 0") in out
+    assert "Resumed" not in out and "resuming from" not in out
+    assert checkpoint_steps(tmp_path) == [4, 8]
+    assert_trees_equal(final_state(tmp_path)[0], uninterrupted)
+
+
+def test_unverified_steps_beside_a_damaged_one_still_stop_the_run(finished, copy_of):
+    os.remove(copy_of / "checkpoints" / "8" / CHECKSUMS)
+    os.remove(copy_of / "checkpoints" / "6" / CHECKSUMS)
+    overwrite_largest_state_file(copy_of, 4)
+    with pytest.raises(NoGoodCheckpointError, match="step 4 is damaged"):
+        train(copy_of)
+    assert checkpoint_steps(copy_of) == [4, 6, 8]
+
+
+def test_retention_keeps_the_newest_verified_step_until_a_newer_one_is_verified(tmp_path,
+                                                                                 monkeypatch):
+    """Orbax prunes right after it commits a step, before that step's record is written: a record
+    that never comes (a kill, here a failure) must leave the previous, verified step in place."""
+    checkpointer = Checkpointer(tmp_path / "checkpoints", keep=2, async_save=False)
+    state = {"w": np.ones((3,), np.float32)}
+    for step in (1, 2):
+        checkpointer.save(step, state, {"step": step})
+
+    def killed(step_dir):
+        raise StorageError(step_dir, "killed before the record")
+
+    monkeypatch.setattr(integrity, "write_record", killed)
+    with pytest.raises(StorageError, match="killed before the record"):
+        checkpointer.save(3, state, {"step": 3})
+    checkpointer.close()
+    monkeypatch.undo()
+    restarted = Checkpointer(tmp_path / "checkpoints", keep=2)
+    assert restarted.all_steps() == [2, 3] and restarted.newest_good_step() == 2
+    assert resume_step(restarted) == 2
+    assert restarted.all_steps() == [2]
+    restarted.close()
+
+
+def test_constructing_a_checkpointer_changes_no_process_wide_hook(tmp_path):
+    def hooks():
+        return (sys.excepthook, sys.unraisablehook,
+                list(logging.getLogger("asyncio").filters), list(logging.getLogger("absl").filters))
+
+    before = hooks()
+    Checkpointer(tmp_path / "checkpoints").close()
+    assert hooks() == before
+
+
+def test_fewer_than_two_kept_checkpoints_are_refused(tmp_path):
+    config = short_config()
+    config.keep_checkpoints = 1
+    with pytest.raises(ConfigError, match=r"config.keep_checkpoints=1 is not allowed; expected an "
+                                          r"int of at least 2"):
+        validate_config(config, device_count=1)
+    with pytest.raises(ValueError, match="keep=1"):
+        Checkpointer(tmp_path / "checkpoints", keep=1)
 
 
 def poisoned(from_index):

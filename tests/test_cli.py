@@ -111,3 +111,20 @@ def test_header_summary_and_a_finished_run(tmp_path):
     assert "(resuming from step 10)" in again.stdout
     assert "is complete: nothing to train" in again.stdout and "run complete at step 10" in again.stdout
     assert "step " not in again.stdout.split("nothing to train")[1].split("run complete")[0]
+
+
+def test_run_quiets_a_failed_saves_aftermath_and_nothing_else(tmp_path):
+    """Every command goes through cli.run, which installs checkpoint.quiet_failed_save_aftermath:
+    the errors of a failed save's orphaned writes are dropped, any other error still prints."""
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import sys\nfrom resnet_jax import cli\n\n"
+        "def main(argv):\n"
+        "    for error in (RuntimeError('Event loop is closed'), ValueError('kept error')):\n"
+        "        sys.excepthook(type(error), error, None)\n\n"
+        "cli.run(main)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=REPO, env=env_with_devices(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ValueError: kept error" in result.stderr
+    assert "Event loop is closed" not in result.stderr
