@@ -16,8 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+import resnet_jax.checkpoint.integrity as integrity
 from resnet_jax import storage
-from resnet_jax.checkpoint import integrity
 from resnet_jax.checkpoint.compatibility import array_shapes, check_compatible
 from resnet_jax.errors import DamagedCheckpointError, StorageError, UnverifiedCheckpointError
 
