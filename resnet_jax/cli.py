@@ -15,8 +15,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import library_errors
-from resnet_jax.checkpoint import quiet_failed_save_aftermath
 from resnet_jax.errors import UserError, innermost
+from resnet_jax.save_aftermath import quiet_failed_save_aftermath
 
 USAGE_EXIT_CODE = 2
 # An override error that ml_collections raised while defining --config (it applies the overrides in
@@ -95,7 +95,7 @@ def run(main: Callable[[list[str]], Optional[int]], arguments: Optional[str] = N
         pass_through: Optional[str] = None) -> None:
     """absl.app.run(main), with flag errors and UserErrors from `main` as one line and exit 2;
     absl logs warnings and errors unless --verbosity says otherwise, and a failed checkpoint
-    save's aftermath is quieted (checkpoint.quiet_failed_save_aftermath). `main` receives argv: the
+    save's aftermath is quieted (save_aftermath.py). `main` receives argv: the
     program, then the positional arguments if the command takes some (`arguments` names them, for
     the message), then the flags starting with `pass_through` (which it forwards elsewhere)."""
 

@@ -114,8 +114,9 @@ def test_header_summary_and_a_finished_run(tmp_path):
 
 
 def test_run_quiets_a_failed_saves_aftermath_and_nothing_else(tmp_path):
-    """Every command goes through cli.run, which installs checkpoint.quiet_failed_save_aftermath:
-    the errors of a failed save's orphaned writes are dropped, any other error still prints."""
+    """Every command goes through cli.run, which installs
+    save_aftermath.quiet_failed_save_aftermath: the errors of a failed save's orphaned writes are
+    dropped, any other error still prints."""
     script = tmp_path / "command.py"
     script.write_text(
         "import sys\nfrom resnet_jax import cli\n\n"

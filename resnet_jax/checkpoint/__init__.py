@@ -11,14 +11,11 @@ Modules, one job each:
 - integrity: the SHA-256 integrity records (`checksums.json`): writing, verifying, comparing;
 - compatibility: whether saved arrays fit a target state (array_shapes, first_mismatch);
 - resume: which step a starting run trusts and what it sets aside (`resume_step`);
-- save_aftermath: the process-wide hooks that quiet a failed save's aftermath (command line only).
 """
 
 from resnet_jax.checkpoint.checkpointer import Checkpointer, Restored
 from resnet_jax.checkpoint.compatibility import first_mismatch
 from resnet_jax.checkpoint.integrity import CHECKSUMS, VERIFIED
 from resnet_jax.checkpoint.resume import resume_step
-from resnet_jax.checkpoint.save_aftermath import quiet_failed_save_aftermath
 
-__all__ = ["CHECKSUMS", "VERIFIED", "Checkpointer", "Restored", "first_mismatch",
-           "quiet_failed_save_aftermath", "resume_step"]
+__all__ = ["CHECKSUMS", "VERIFIED", "Checkpointer", "Restored", "first_mismatch", "resume_step"]
