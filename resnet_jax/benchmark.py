@@ -20,8 +20,9 @@ calls, so a window's wall time covers their device work. The spread is over the 
 times; `dispatch_time_mean_s` is the host's share per step before the wait (near the step time:
 host-bound). Peak memory is the devices' `peak_bytes_in_use` where the backend reports it (GPU,
 TPU), else the peak resident memory of this process (CPU); both count since the process started, so
-in a sweep they are the peak so far, and both include the synthetic splits held on the devices. MFU = model FLOPs per second per device (6 x forward MACs per image for a train
-step, 2 x for eval) over the device's dense bfloat16 peak (plan.PEAK_FLOPS), whatever the dtype.
+in a sweep they are the peak so far, and both include the synthetic splits held on the devices.
+MFU = model FLOPs per second per device (6 x forward MACs per image for a train step, 2 x for eval)
+over the device's dense bfloat16 peak (plan.PEAK_FLOPS), whatever the dtype.
 """
 
 import dataclasses

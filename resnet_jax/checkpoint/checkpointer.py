@@ -58,7 +58,8 @@ class Restored(NamedTuple):
 
 class Checkpointer:
     """A CheckpointManager keeping the latest `keep` (at least MIN_KEEP) checkpoints and the best
-    by eval top-1, with an integrity record per step. Constructing one changes nothing outside it."""
+    by eval top-1, with an integrity record per step. Constructing one changes nothing outside
+    it."""
 
     def __init__(self, directory: storage.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
