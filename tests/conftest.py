@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.update({
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
     "NO_GCE_CHECK": "true",
@@ -29,6 +31,18 @@ if _CACHE:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # default 1 s: most steps here are less
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
     })
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """The tiny run (train_cli.TINY) through train.py, uninterrupted, on one device, run once for
+    the session: (workdir, ((params, batch_stats) as numpy, final step)). Tests compare their
+    interrupted, resumed or relocated runs with it, or only read it."""
+    from train_cli import final_state, run_train
+
+    workdir = tmp_path_factory.mktemp("reference")
+    run_train(workdir)
+    return workdir, final_state(workdir)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -58,17 +58,8 @@ def wait_for_step(proc, workdir, min_step, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """(final params and BN statistics, wall seconds) of the tiny run in a local workdir."""
-    local = tmp_path_factory.mktemp("local")
-    started = time.monotonic()
-    run_train(local, SYNC)
-    return final_state(local)[0], time.monotonic() - started
-
-
-def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference, tmp_path):
-    reference, local_seconds = reference
+def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference_run, tmp_path):
+    _, (reference, _) = reference_run
 
     workdir = "gs://bucket/killed"
     env = child_env(gcs)
@@ -90,7 +81,7 @@ def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference, tmp_path):
     gs_seconds = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(resuming from step" in resumed.stdout
-    print(f"\nlocal run {local_seconds:.1f} s; gs resume from step {killed_at}: {gs_seconds:.1f} s")
+    print(f"\ngs resume from step {killed_at}: {gs_seconds:.1f} s")
     params, step = final_state(workdir)
     assert step == 40
     assert_trees_equal(params, reference)
@@ -114,7 +105,7 @@ def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference, tmp_path):
     assert scalars["top1"][-1] == (40, pytest.approx(logged["top1"]))
 
 
-def test_bucket_unreachable_during_saves_loses_nothing(gcs, reference):
+def test_bucket_unreachable_during_saves_loses_nothing(gcs, reference_run):
     """The emulator stops for 5 s mid-run: the run either rides it out (gcsfs and TensorStore
     retry) or stops with one line naming the checkpoint; then it resumes to the same bits."""
     workdir = "gs://bucket/outage"
@@ -131,7 +122,7 @@ def test_bucket_unreachable_during_saves_loses_nothing(gcs, reference):
         assert "Segmentation" not in err
     print(f"\nbucket outage of 5 s: train.py exit {proc.returncode}")
     run_train(workdir)  # this process's environment points at the emulator
-    assert_trees_equal(final_state(workdir)[0], reference[0])
+    assert_trees_equal(final_state(workdir)[0], reference_run[1][0])
 
 
 def test_step_list_survives_a_step_folder_moved_while_it_is_read(gcs):

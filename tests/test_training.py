@@ -21,14 +21,6 @@ from train_cli import (REPO, assert_trees_equal, checkpoint_steps, env_with_devi
                        run_train, start_train, tiny_config, train_command)
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """The tiny run, uninterrupted, on one device."""
-    workdir = tmp_path_factory.mktemp("reference")
-    run_train(workdir)
-    return workdir, final_state(workdir)
-
-
 def test_reference_run_writes_metrics_checkpoints_and_tensorboard(reference_run):
     workdir, (_, step) = reference_run
     assert step == 40
