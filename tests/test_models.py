@@ -29,11 +29,11 @@ PREACT_PARAMS = {"cifar_preact_resnet164": 1_703_258, "cifar_preact_resnet1001":
 # torchvision GMACs at 224x224.
 TORCHVISION_GMACS = {"resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "resnet101": 7.80,
                      "resnet152": 11.51}
-# Models whose forward+backward compile takes minutes on 2 CPU cores: traced abstractly instead.
-DEEPEST = {"cifar_resnet1202", "cifar_preact_resnet1001", "cifar_preact_resnet164",
-           "cifar_preact_resnet110", "cifar_resnet110", "cifar_plain110", "resnet200",
-           "preact_resnet200", "resnet152", "preact_resnet152", "resnet101", "preact_resnet101",
-           "resnext101_32x8d", "wide_resnet101_2"}
+# The shallowest model of each kind of block and stem runs forward and backward numerically; every
+# other registered model differs from one of these only in depth or width, and is traced
+# abstractly (shapes, gradient structure): compiling it takes 10 s to minutes on 2 CPU cores.
+NUMERIC = {"cifar_plain20", "cifar_resnet20", "plain18", "resnet18", "resnet50", "preact_resnet18",
+           "preact_resnet50", "resnext50_32x4d"}
 
 
 def n_params(name, image_size=32, **options):
@@ -86,7 +86,7 @@ def _run_unoptimised(fn, *args):
 def test_forward_and_backward(name):
     model = create_model(name, num_classes=7)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    if name in DEEPEST:
+    if name not in NUMERIC:
         variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
         loss, grads = jax.eval_shape(lambda v: _loss_and_grads(model, x, v), variables)
         assert jax.tree.structure(grads) == jax.tree.structure(variables["params"])
