@@ -58,12 +58,18 @@ def test_eval_errors_are_one_line_with_exit_2(args, fragments, tmp_path):
     _assert_one_line_error(result, "eval.py", *fragments)
 
 
-def test_train_py_finds_its_default_config_from_any_directory(tmp_path):
+def test_dry_run_prints_config_model_and_schedule_from_any_directory(tmp_path):
+    """train.py finds its default config wherever it is started; --dry_run writes nothing."""
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--dry_run"],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path,
                             env=env_with_devices(1))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "digits: 1,437 train / 360 eval examples" in result.stdout, result.stdout
+    out = result.stdout
+    assert "digits: 1,437 train / 360 eval examples" in out, out
+    assert "Resolved config:" in out and "cifar_resnet20" in out
+    assert "stage3" in out and "269,434" in out  # ResNet-20 on 1-channel digits
+    assert "330 steps" in out and "step       165 (epoch    15.00): lr 0.01" in out
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_package_train_command_needs_a_config(tmp_path):
