@@ -1,4 +1,4 @@
-"""What a run will do, known before its first step: the sizes the start-up header and --dry_run print.
+"""What a run will do, known before its first step: what the start-up header and --dry_run print.
 
 A training run reads its plan off the experiment it built (`Experiment.plan`); `plan_run` makes the
 same plan without building anything, for --dry_run and the experiment tables (a dataset that is not

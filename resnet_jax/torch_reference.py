@@ -35,8 +35,9 @@ def validate(opts: benchmark.Options) -> None:
         raise FlagError(f"--model {opts.model!r} has no torchvision counterpart; use one of "
                          f"{', '.join(TORCHVISION_MODELS)}")
     if (opts.devices or 1) != 1 or opts.bn_group_size or opts.steps_per_dispatch != 1:
-        raise FlagError("the PyTorch reference runs on one GPU with whole-batch BatchNorm, one step "
-                        "per call: leave out --devices, --bn_group_size and --steps_per_dispatch")
+        raise FlagError("the PyTorch reference runs on one GPU with whole-batch BatchNorm, one "
+                        "step per call: leave out --devices, --bn_group_size and "
+                        "--steps_per_dispatch")
     benchmark.validate(opts, available_devices=1)
 
 

@@ -30,8 +30,10 @@ def define_flags(default_config: Optional[str] = None) -> None:
                       "Resume from the newest checkpoint even when its integrity record is missing "
                       "or unreadable (damaged checkpoints are still set aside).")
     flags.DEFINE_bool("start_fresh_if_no_good_checkpoint", False,
-                      "When the workdir has checkpoints but none verifies, set them aside and train "
-                      "from step 0 (default: stop with a message).")
+                      "When no checkpoint in the workdir verifies and one is damaged or has an "
+                      "unreadable record, set them aside and train from step 0 (default: stop "
+                      "with a message). Checkpoints whose saves were only cut short (no record) "
+                      "are set aside and the run starts from step 0 without this flag.")
     parallel.define_distributed_flags()
 
 

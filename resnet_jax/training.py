@@ -16,8 +16,8 @@ from resnet_jax import parallel, storage
 from resnet_jax.actions import (Action, CheckStop, Evaluate, SaveCheckpoint, StopRequest, Tick,
                                 TrainLog, dispatch_length)
 from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
-from resnet_jax.data.base import stack_feeds
 from resnet_jax.console import Console, final_summary, header
+from resnet_jax.data.base import stack_feeds
 from resnet_jax.experiment import Experiment, build_experiment
 from resnet_jax.metric_writers import MetricWriter, read_metrics
 

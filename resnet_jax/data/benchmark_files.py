@@ -1,6 +1,6 @@
-"""Fixture files of the input-pipeline benchmark (resnet_jax.data.benchmark) and of the tests, not part
-of the input pipeline: synthetic JPEGs in a folder tree, and the same images stored as a prepared TFDS
-dataset (what `tfds.builder(name, data_dir=...)` then finds, with no download)."""
+"""Fixture files of the input-pipeline benchmark (resnet_jax.data.benchmark) and of the tests, not
+part of the input pipeline: synthetic JPEGs in a folder tree, and the same images stored as a
+prepared TFDS dataset (what `tfds.builder(name, data_dir=...)` then finds, with no download)."""
 
 import io
 import os

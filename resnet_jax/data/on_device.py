@@ -68,7 +68,8 @@ class DevicePipeline(Pipeline):
     """A dataset whose train and eval splits live on the devices (see the module docstring)."""
 
     def __init__(self, train: Split, eval_: Split, num_classes: int, mean, std,
-                 augmentation: Augmentation, hosts: HostSlice, seed: int, origin: str = "in memory"):
+                 augmentation: Augmentation, hosts: HostSlice, seed: int,
+                 origin: str = "in memory"):
         self.train, self.eval = train, eval_
         self.origin = origin
         self.num_classes = num_classes
