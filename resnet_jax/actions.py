@@ -25,6 +25,7 @@ from resnet_jax.divergence import divergence_error
 from resnet_jax.evaluation import evaluate
 from resnet_jax.experiment import Experiment
 from resnet_jax.metric_writers import MetricWriter
+from resnet_jax.phase_clock import PhaseClock
 
 
 @dataclasses.dataclass
@@ -43,13 +44,15 @@ class Action:
 
     `every`: the period in steps (due at its multiples), or None for an action that looks at every
     dispatch without shortening any; `at_last` / `on_stop`: also due at the final step / when a
-    stop was requested; `reads_state`: needs the step metrics checked for divergence first.
+    stop was requested; `reads_state`: needs the step metrics checked for divergence first;
+    `phase`: the phase_clock phase its time counts as (None: "other").
     """
 
     every: Optional[int] = None
     at_last: bool = False
     on_stop: bool = False
     reads_state: bool = True
+    phase: Optional[str] = None
 
     def due(self, tick: Tick) -> bool:
         return ((self.every is not None and tick.step % self.every == 0)
@@ -124,15 +127,16 @@ class CheckStop(Action):
 
 class TrainLog(Action):
     """Holds the device metrics of dispatched steps; every `every` steps (and at the last step, and
-    on a stop) fetches, checks, averages and writes them, with throughput and MFU."""
+    on a stop) fetches, checks, averages and writes them, with throughput, MFU and the window's
+    wall time split by phase (time_<phase> seconds, phase_clock.py)."""
 
     at_last = on_stop = True
 
     def __init__(self, exp: Experiment, writer: MetricWriter, console: Console,
-                 checkpointer: Checkpointer):
+                 checkpointer: Checkpointer, clock: PhaseClock):
         self.every = exp.config.log_every_steps
         self.exp, self.writer, self.console = exp, writer, console
-        self.checkpointer = checkpointer
+        self.checkpointer, self.clock = checkpointer, clock
         self.pending: list[tuple[int, dict]] = []  # (first step, metrics stacked [n]) per dispatch
         self.restart_window()
         self.flops = exp.plan.model.train_flops
@@ -178,6 +182,7 @@ class TrainLog(Action):
             eta = (exp.total_steps - step) * step_time
             speed = (f" | {images:,.0f} img/s ({images / devices:,.0f}/device) "
                      f"{1000 * step_time:.1f} ms/step | ETA {format_duration(eta)}")
+        mean.update({f"time_{k}": v for k, v in self.clock.window_split().items()})
         self.writer.write(step, "train", mean)
         self.console.print(f"step {step:>7}/{exp.total_steps} epoch {mean['epoch']:6.2f} | "
                            f"loss {mean['loss']:.4f} top1 {100 * mean['top1']:6.2f}% "
@@ -191,6 +196,7 @@ class Evaluate(Action):
     whole eval split, written and printed; the tick carries the metrics to the checkpoint."""
 
     at_last = True
+    phase = "eval"
 
     def __init__(self, exp: Experiment, writer: MetricWriter, console: Console):
         self.every = exp.plan.eval_every_steps
@@ -211,6 +217,7 @@ class SaveCheckpoint(Action):
     config.checkpoint_at_eval at every eval step (the eval metrics go with it, for keep-best)."""
 
     at_last = on_stop = True
+    phase = "checkpoint"
 
     def __init__(self, exp: Experiment, checkpointer: Checkpointer):
         self.every = exp.config.checkpoint_every_steps

@@ -79,9 +79,11 @@ class Console:
 
 
 def final_summary(workdir: str, step: int, total_steps: int, wall_seconds: float,
-                  records: Sequence[dict], checkpoint_dir: Optional[str]) -> str:
+                  records: Sequence[dict], checkpoint_dir: Optional[str],
+                  time_line: Optional[str] = None) -> str:
     """The closing lines: the final and best eval top-1/top-5 with their steps, wall time, mean
-    images/s, the last checkpoint and the eval.py command for it. `records`: metrics.jsonl's."""
+    images/s, where the wall time went (`time_line`, phase_clock.describe), the last checkpoint
+    and the eval.py command for it. `records`: metrics.jsonl's."""
     evals = [r for r in records if r["split"] == "eval"]
     speeds = [r["images_per_sec"] for r in records if r["split"] == "train" and
               "images_per_sec" in r]
@@ -89,6 +91,8 @@ def final_summary(workdir: str, step: int, total_steps: int, wall_seconds: float
     lines = [f"run {state} at step {step:,} of {total_steps:,}; this session's wall time "
              f"{format_duration(wall_seconds)}"
              + (f", mean {sum(speeds) / len(speeds):,.0f} images/s" if speeds else "")]
+    if time_line:
+        lines.append(time_line)
     if evals:
         final, best = evals[-1], max(evals, key=lambda r: r["top1"])
         lines.append(f"eval:     final top-1 {100 * final['top1']:.2f}% top-5 "

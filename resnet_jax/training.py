@@ -8,7 +8,6 @@ stay on device until an action fetches them.
 """
 
 import json
-import time
 
 import jax
 
@@ -20,15 +19,17 @@ from resnet_jax.console import Console, final_summary, header
 from resnet_jax.data.base import stack_feeds
 from resnet_jax.experiment import Experiment, build_experiment
 from resnet_jax.metric_writers import MetricWriter, read_metrics
+from resnet_jax.phase_clock import PhaseClock, describe
 
 
 def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_checkpoint=False,
                        start_fresh_if_no_good_checkpoint=False) -> dict:
     """Train `config` in `workdir` (a local path or gs://...), resuming from its newest good
     checkpoint (see checkpoint.resume_step for the two flags); returns the final eval metrics with
-    the step reached, whether the run stopped early on a signal, and whether it is complete. A run
-    that is already complete prints its summary and returns at once."""
-    session_start = time.perf_counter()
+    the step reached, whether the run stopped early on a signal, whether it is complete, and the
+    session's wall time split by phase ("time", phase_clock.PhaseClock.split). A run that is
+    already complete prints its summary and returns at once."""
+    clock = PhaseClock()
     exp = build_experiment(config, devices)
     is_main = jax.process_index() == 0
     if is_main:
@@ -44,70 +45,82 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
         checkpointer.close()
         console.close()
         console.print(f"{workdir} is complete: nothing to train.\n" + _summary(
-            workdir, start, exp, session_start, checkpointer))
-        return {"step": start, "preempted": False, "complete": True}
+            workdir, start, exp, clock, checkpointer))
+        return {"step": start, "preempted": False, "complete": True, "time": clock.split()}
     if start is None:
-        state, start = exp.create_train_state(), 0
+        with clock.phase("compile"):  # the initialiser, compiled and run once
+            state, start = exp.create_train_state(), 0
     else:
-        restored = checkpointer.restore(start, exp.abstract_train_state(),
-                                        allow_unverified_checkpoint)
+        with clock.phase("checkpoint"):
+            restored = checkpointer.restore(start, exp.abstract_train_state(),
+                                            allow_unverified_checkpoint)
         state = restored.state
         if restored.checked != VERIFIED:
             console.print(f"restored step {start} {restored.checked}")
 
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
-    log = TrainLog(exp, writer, console, checkpointer)
+    log = TrainLog(exp, writer, console, checkpointer, clock)
     evaluation = Evaluate(exp, writer, console)
     try:
         with StopRequest() as stop:
             actions = [CheckStop(stop), log, evaluation, SaveCheckpoint(exp, checkpointer)]
-            tick = _train(exp, state, start, actions, log)
+            tick = _train(exp, state, start, actions, log, clock)
     finally:
         console.close()
         writer.close()
-        checkpointer.wait()
-        checkpointer.close()
+        with clock.phase("checkpoint"):
+            checkpointer.wait()
+            checkpointer.close()
     if tick.stopping:
         console.print(f"Stop requested: saved step {tick.step}; run the same command to resume.")
-    result = {"step": tick.step, "preempted": tick.stopping, "complete": tick.last}
+    result = {"step": tick.step, "preempted": tick.stopping, "complete": tick.last,
+              "time": clock.split()}
     if evaluation.latest is not None:
         result["eval"] = evaluation.latest
-    console.print(_summary(workdir, tick.step, exp, session_start, checkpointer))
+    console.print(_summary(workdir, tick.step, exp, clock, checkpointer))
     return result
 
 
-def _train(exp: Experiment, state, step: int, actions: list[Action], log: TrainLog) -> Tick:
+def _train(exp: Experiment, state, step: int, actions: list[Action], log: TrainLog,
+           clock: PhaseClock) -> Tick:
     """Dispatch the steps after `step` until the last or a stop request, running the actions due
-    after each dispatch; returns the final tick. `log` is the action holding the step metrics."""
+    after each dispatch, each piece of work timed by `clock`; returns the final tick. `log` is the
+    action holding the step metrics."""
     feeds = exp.pipeline.train_feed(step)
     arrays = exp.device_data()
     compiled: set[int] = set()
     tick = Tick(step, last=False, dispatches=0)
     while not (tick.last or tick.stopping):
         n = dispatch_length(tick.step, exp.steps_per_dispatch, actions, exp.total_steps)
-        local = stack_feeds([next(feeds) for _ in range(n)])
-        state, metrics = exp.multi_step(
-            state, arrays, parallel.global_batch(local, exp.mesh, steps_axis=True))
+        with clock.phase("input_wait"):
+            local = stack_feeds([next(feeds) for _ in range(n)])
+            feed = parallel.global_batch(local, exp.mesh, steps_axis=True)
+        checked = n not in compiled  # this dispatch compiles its length (jit does so in the call)
+        with clock.phase("compile" if checked else "steps"):
+            state, metrics = exp.multi_step(state, arrays, feed)
         log.add(tick.step + 1, n, metrics)
         tick = Tick(tick.step + n, tick.step + n == exp.total_steps, tick.dispatches + 1)
-        checked = n not in compiled
-        if checked:  # this dispatch compiled its length: keep that out of the throughput window
+        if checked:  # keep the compilation out of the throughput window
             compiled.add(n)
-            log.check()
+            with clock.phase("steps"):
+                log.check()
             log.restart_window()
         for action in actions:
             if action.due(tick):
                 if action.reads_state and not checked:
-                    log.check()
+                    with clock.phase("steps"):  # waits for the devices to finish the dispatches
+                        log.check()
                     checked = True
-                action(tick, state)
+                with clock.phase(action.phase):
+                    action(tick, state)
     return tick
 
 
-def _summary(workdir: str, step: int, exp: Experiment, session_start: float,
+def _summary(workdir: str, step: int, exp: Experiment, clock: PhaseClock,
              checkpointer: Checkpointer) -> str:
     """The final summary of the run in `workdir` (console.final_summary), on process 0."""
     if jax.process_index() != 0:
         return ""
-    return final_summary(workdir, step, exp.total_steps, time.perf_counter() - session_start,
-                         read_metrics(workdir), str(checkpointer.step_dir(step)))
+    split = clock.split()
+    return final_summary(workdir, step, exp.total_steps, split["wall"], read_metrics(workdir),
+                         str(checkpointer.step_dir(step)), describe(split))

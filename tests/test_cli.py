@@ -106,7 +106,7 @@ def test_header_summary_and_a_finished_run(tmp_path):
                      "devices:  1 process(es) x 1 cpu device(s) = 1; global batch 64 = 64 per device",
                      "data:     digits: 1,437 train / 360 eval examples, 10 classes",
                      "length:   10 steps", "(new run)", "run complete at step 10 of 10",
-                     "final top-1", f"checkpoint: {tmp_path}/checkpoints/10",
+                     "final top-1", "time: compile ", f"checkpoint: {tmp_path}/checkpoints/10",
                      f"evaluate:   python eval.py --workdir {tmp_path}"):
         assert fragment in first, first
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

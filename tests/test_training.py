@@ -296,3 +296,27 @@ def test_embedded_digits_run_reaches_97_percent(tmp_path):
     assert result["eval"]["count"] == 360
     assert result["eval"]["top1"] >= 0.97, result
     assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).latest_step() == result["step"]
+
+
+def test_the_time_split_adds_up_to_the_wall_time(tmp_path, capsys):
+    """The session's phases and "other" add up to the wall time measured here within 5 %, no
+    phase is counted twice (other >= 0), and every log window's split adds up to that window."""
+    config = tiny_config()
+    config.schedule.length, config.schedule.boundaries = 10, (5.0,)
+    config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = 5, 5, 5
+    started = time.perf_counter()
+    result = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    wall = time.perf_counter() - started
+    split = result["time"]
+    phases = ("compile", "input_wait", "steps", "eval", "checkpoint", "other")
+    assert all(split[p] >= 0 for p in phases), split
+    assert all(split[p] > 0 for p in ("compile", "steps", "eval", "checkpoint")), split
+    assert abs(sum(split[p] for p in phases) - wall) <= 0.05 * wall, (split, wall)
+    windows = read_metrics(str(tmp_path), "train")
+    assert [r["step"] for r in windows] == [5, 10]
+    for r in windows:
+        assert all(r[f"time_{p}"] >= 0 for p in phases), r
+        assert sum(r[f"time_{p}"] for p in phases) == pytest.approx(r["time_wall"])
+    assert sum(r["time_wall"] for r in windows) <= split["wall"]
+    summary = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("time: compile ") and "input wait" in line for line in summary)
