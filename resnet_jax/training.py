@@ -95,12 +95,13 @@ def _train(exp: Experiment, state, step: int, actions: list[Action], log: TrainL
         with clock.phase("input_wait"):
             local = stack_feeds([next(feeds) for _ in range(n)])
             feed = parallel.global_batch(local, exp.mesh, steps_axis=True)
-        checked = n not in compiled  # this dispatch compiles its length (jit does so in the call)
-        with clock.phase("compile" if checked else "steps"):
+        compiling = n not in compiled  # jit compiles a new dispatch length inside the call
+        with clock.phase("compile" if compiling else "steps"):
             state, metrics = exp.multi_step(state, arrays, feed)
         log.add(tick.step + 1, n, metrics)
         tick = Tick(tick.step + n, tick.step + n == exp.total_steps, tick.dispatches + 1)
-        if checked:  # keep the compilation out of the throughput window
+        checked = compiling  # the step metrics are fetched and checked at most once per tick
+        if compiling:  # keep the compilation out of the throughput window
             compiled.add(n)
             with clock.phase("steps"):
                 log.check()
