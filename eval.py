@@ -14,7 +14,6 @@ import os
 from absl import flags, logging
 
 from resnet_jax import cli, parallel
-from resnet_jax.errors import UserError
 
 cli.define_config_flag(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
