@@ -1,6 +1,7 @@
-"""The sweep runner (printed commands and a tiny real sweep), the error-curve plot, and the
-gradient-flow analysis on a tiny batch."""
+"""The sweep runner (printed commands and a tiny real seeded sweep, plotted and tabled), the
+error-curve plot, and the gradient-flow analysis on a tiny batch."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from resnet_jax.data.embedded import load_digits_split
-from resnet_jax.experiments import gradient_flow, plot, sweep
+from resnet_jax.experiments import gradient_flow, plot, sweep, table
 from resnet_jax.metric_writers import read_metrics
 from resnet_jax.models import create_model
 
@@ -79,26 +80,31 @@ def test_experiment_commands_report_bad_arguments_in_one_line(module, args, mess
     assert lines[0].startswith(f"python -m {module}: error: ") and message in lines[0], lines
 
 
-def test_tiny_sweep_then_plot(tmp_path):
-    """The sweep runs from outside the repository with the package alone, as installed."""
+def test_tiny_seeded_sweep_then_plot_and_table(tmp_path):
+    """The sweep runs from outside the repository with the package alone, as installed; its two
+    seeds' runs differ, and the plot and the table read them."""
     overrides = ["--config.schedule.length=4", "--config.eval_every_steps=2",
                  "--config.log_every_steps=1", "--config.global_batch_size=32",
                  "--config.eval_batch_size=40", "--config.checkpoint_every_steps=100"]
     env = _installed_package(tmp_path / "site")
-    done = _command("resnet_jax.experiments.sweep",
-                    f"--configs={DEGRADATION}:plain20,{DEGRADATION}:resnet20",
-                    "--workdir_root", str(tmp_path), *overrides, cwd=tmp_path, env=env)
+    done = _command("resnet_jax.experiments.sweep", f"--configs={DEGRADATION}:resnet20",
+                    "--seeds=2", "--workdir_root", str(tmp_path / "runs"), *overrides,
+                    cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    workdirs = [str(tmp_path / "degradation-plain20"), str(tmp_path / "degradation-resnet20")]
-    for workdir in workdirs:
-        assert [r["step"] for r in read_metrics(workdir, "eval")] == [2, 4]
-        steps, error = plot.error_curve(workdir, "train")
-        assert steps[-1] == 4 and set(steps) <= {1, 2, 3, 4}
-        assert all(0 <= e <= 100 for e in error)
+    workdirs = [tmp_path / "runs" / "degradation-resnet20" / f"seed{s}" for s in (0, 1)]
+    assert [json.loads((w / "config.json").read_text())["seed"] for w in workdirs] == [0, 1]
+    curves = [plot.error_curve(str(w), "train") for w in workdirs]
+    assert curves[0][0] == curves[1][0] == [1, 2, 3, 4] and curves[0][1] != curves[1][1]
+    assert all(0 <= e <= 100 for _, errors in curves for e in errors)
+    assert [[r["step"] for r in read_metrics(str(w), "eval")] for w in workdirs] == [[2, 4]] * 2
+
     done = _command("resnet_jax.experiments.plot", f"--out={tmp_path / 'fig' / 'curves.png'}",
-                    *workdirs)
+                    *map(str, workdirs))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "fig" / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    (row,), notes = table.aggregate(str(tmp_path / "runs"))
+    finals = [100 * (1 - read_metrics(str(w), "eval")[-1]["top1"]) for w in workdirs]
+    assert notes == [] and row.config == "degradation-resnet20" and row.errors == tuple(finals)
 
 
 def test_branch_output_layer_is_the_last_bn_or_the_last_preact_conv():

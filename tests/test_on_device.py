@@ -125,7 +125,7 @@ def test_placement_auto_device_host_and_the_budget(monkeypatch):
 
 
 def test_k_steps_in_one_dispatch_equal_k_dispatches_of_one_step():
-    """Dispatches of 8, 4 and 2 steps give the same bits: the loop body is one compiled step. A
+    """Dispatches of 8 and 4 steps give the same bits: the loop body is one compiled step. A
     lone step (n = 1, no loop) is compiled apart from the loop body, so XLA may round differently
     in the last bits (its first loss has differed from the scan's in the 8th digit): at a small
     learning rate (no chaotic amplification) the losses agree within 1e-4 and the parameters and
@@ -149,10 +149,9 @@ def test_k_steps_in_one_dispatch_equal_k_dispatches_of_one_step():
         return (jax.tree.leaves((state.params, state.batch_stats)),
                 jax.tree.leaves(state.opt_state), losses)
 
-    eight, fours, twos = run([8]), run([4, 4]), run([2, 2, 2, 2])
-    for a, b, c_ in zip(*(x[0] + x[1] for x in (eight, fours, twos))):
+    eight, fours = run([8]), run([4, 4])
+    for a, b in zip(*(x[0] + x[1] for x in (eight, fours))):
         np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(a, c_)
     singles = run([1] * 8)
     np.testing.assert_allclose(singles[2], eight[2], rtol=1e-4)
     a, b = (np.concatenate([x.ravel() for x in run_[0]]) for run_ in (eight, singles))

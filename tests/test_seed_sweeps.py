@@ -221,21 +221,3 @@ def test_table_and_plot_read_gs_workdirs(tmp_path, tmp_path_factory):
     finally:
         restore_env(saved)
         emulator.stop()
-
-
-def test_tiny_seeded_sweep_then_table(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "resnet_jax.experiments.sweep",
-         f"--configs={REPO}/configs/degradation.py:resnet20", f"--workdir_root={tmp_path}",
-         "--seeds=2", "--config.schedule.length=3", "--config.eval_every_steps=3",
-         "--config.log_every_steps=1", "--config.global_batch_size=32",
-         "--config.eval_batch_size=40", "--config.checkpoint_every_steps=100"],
-        capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    workdirs = [tmp_path / "degradation-resnet20" / f"seed{s}" for s in (0, 1)]
-    assert [json.loads((w / "config.json").read_text())["seed"] for w in workdirs] == [0, 1]
-    curves = [plot.error_curve(str(w), "train") for w in workdirs]
-    assert curves[0][0] == curves[1][0] == [1, 2, 3] and curves[0][1] != curves[1][1]
-    (row,), notes = table.aggregate(str(tmp_path))
-    finals = [100 * (1 - read_metrics(w, "eval")[-1]["top1"]) for w in workdirs]
-    assert notes == [] and row.config == "degradation-resnet20" and row.errors == tuple(finals)

@@ -18,7 +18,9 @@ from resnet_jax.metric_writers import read_metrics  # noqa: E402
 from train_cli import (REPO, assert_trees_equal, checkpoint_steps,  # noqa: E402
                        env_with_devices, final_state, run_train, train_command)
 
-SYNC = {"async_checkpointing": False}
+# Saves to the emulator are the slow part of these runs: one every 10 steps is enough to be killed
+# between two of them.
+SYNC = {"async_checkpointing": False, "checkpoint_every_steps": 10}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference_run, tmp_path
     env = child_env(gcs)
     proc = subprocess.Popen(train_command(workdir, SYNC), env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(proc, workdir, 6)
+    wait_for_step(proc, workdir, 10)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = checkpoint_steps(workdir)[-1]
@@ -109,9 +111,10 @@ def test_bucket_unreachable_during_saves_loses_nothing(gcs, reference_run):
     """The emulator stops for 5 s mid-run: the run either rides it out (gcsfs and TensorStore
     retry) or stops with one line naming the checkpoint; then it resumes to the same bits."""
     workdir = "gs://bucket/outage"
-    proc = subprocess.Popen(train_command(workdir), env=child_env(gcs), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(proc, workdir, 6)
+    proc = subprocess.Popen(train_command(workdir, {"checkpoint_every_steps": 5}),
+                            env=child_env(gcs), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_step(proc, workdir, 5)
     gcs.stop()
     time.sleep(5)
     gcs.start()
@@ -121,7 +124,7 @@ def test_bucket_unreachable_during_saves_loses_nothing(gcs, reference_run):
         assert f"cannot write {workdir}/checkpoints/" in last, err[-3000:]
         assert "Segmentation" not in err
     print(f"\nbucket outage of 5 s: train.py exit {proc.returncode}")
-    run_train(workdir)  # this process's environment points at the emulator
+    run_train(workdir, {"checkpoint_every_steps": 5})  # this process's env points at the emulator
     assert_trees_equal(final_state(workdir)[0], reference_run[1][0])
 
 

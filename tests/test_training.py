@@ -288,32 +288,26 @@ def test_unknown_and_mistyped_fields_are_rejected():
         validate_config(config)
 
 
-def test_embedded_digits_run_reaches_97_percent(tmp_path):
-    """README's main job, in full: configs/default.py on one device."""
+def test_embedded_digits_run_reaches_97_percent_and_accounts_for_its_time(tmp_path, capsys):
+    """README's main job, in full: configs/default.py on one device. Its time split: the session's
+    phases and "other" add up to the wall time measured here within 5 %, no phase is counted twice
+    (other >= 0), and every log window's split adds up to that window."""
     from configs.default import get_config
 
+    started = time.perf_counter()
     result = train_and_evaluate(get_config(), str(tmp_path), devices=jax.devices()[:1])
+    wall = time.perf_counter() - started
     assert result["eval"]["count"] == 360
     assert result["eval"]["top1"] >= 0.97, result
     assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).latest_step() == result["step"]
 
-
-def test_the_time_split_adds_up_to_the_wall_time(tmp_path, capsys):
-    """The session's phases and "other" add up to the wall time measured here within 5 %, no
-    phase is counted twice (other >= 0), and every log window's split adds up to that window."""
-    config = tiny_config()
-    config.schedule.length, config.schedule.boundaries = 10, (5.0,)
-    config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = 5, 5, 5
-    started = time.perf_counter()
-    result = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-    wall = time.perf_counter() - started
     split = result["time"]
     phases = ("compile", "input_wait", "steps", "eval", "checkpoint", "other")
     assert all(split[p] >= 0 for p in phases), split
     assert all(split[p] > 0 for p in ("compile", "steps", "eval", "checkpoint")), split
     assert abs(sum(split[p] for p in phases) - wall) <= 0.05 * wall, (split, wall)
     windows = read_metrics(str(tmp_path), "train")
-    assert [r["step"] for r in windows] == [5, 10]
+    assert len(windows) > 1
     for r in windows:
         assert all(r[f"time_{p}"] >= 0 for p in phases), r
         assert sum(r[f"time_{p}"] for p in phases) == pytest.approx(r["time_wall"])
