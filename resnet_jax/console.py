@@ -104,5 +104,5 @@ def final_summary(workdir: str, step: int, total_steps: int, wall_seconds: float
     if checkpoint_dir:
         lines.append(f"checkpoint: {checkpoint_dir}")
         lines.append(f"evaluate:   python eval.py --workdir {workdir}"
-                     + (" [--ema: the EMA weights]" if ema else ""))
+                     + (" (add --ema for the EMA weights)" if ema else ""))
     return "\n".join(lines)

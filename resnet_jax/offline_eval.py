@@ -209,11 +209,11 @@ def _check_request(request: Request) -> None:
         ("--step", request.step is not None), ("--all", request.all_steps),
         ("--watch", request.watch), ("--checkpoint", bool(request.checkpoint)),
         ("--torchvision_weights", bool(request.torchvision_weights))) if given]
+    if len(chosen) > 1:
+        raise EvalError(f"{' and '.join(chosen)} exclude each other; choose one")
     if request.ema and request.torchvision_weights:
         raise EvalError("--ema needs a checkpoint trained with config.ema_decay; torchvision "
                         "weights have no EMA")
-    if len(chosen) > 1:
-        raise EvalError(f"{' and '.join(chosen)} exclude each other; choose one")
     if request.name in RESERVED_NAMES or not request.name.isidentifier():
         raise EvalError(f"--name={request.name!r} must be an identifier other than "
                         f"{' and '.join(RESERVED_NAMES)} (the training loop's splits)")
