@@ -90,8 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_at_eval = False
     c.keep_checkpoints = 3
     # An exponential moving average of the parameters and BN statistics, updated after every step:
-    # ema = ema_decay * ema + (1 - ema_decay) * new; evaluated beside the raw weights (ema_top1, ...)
-    # and checkpointed with them (eval.py --ema evaluates it). None: off.
+    # ema = ema_decay * ema + (1 - ema_decay) * new; evaluated beside the raw weights (ema_top1,
+    # ...) and checkpointed with them (eval.py --ema evaluates it). None: off.
     c.ema_decay = placeholder(float)
     # The eval metric by which keep-best keeps a checkpoint: "top1" (the raw weights) or "ema_top1"
     # (the EMA weights; needs ema_decay).

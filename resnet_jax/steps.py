@@ -52,6 +52,7 @@ def with_ema(state: TrainState) -> EmaTrainState:
 
 
 def has_ema(state: TrainState) -> bool:
+    """Whether `state` carries an EMA of its weights (an EmaTrainState)."""
     return isinstance(state, EmaTrainState)
 
 
@@ -64,7 +65,8 @@ def ema_weights(state: EmaTrainState) -> EmaTrainState:
 def make_ema_step(train_step: Callable, decay: float) -> Callable:
     """train_step followed by the EMA update (optax.incremental_update), for EmaTrainStates:
     ema <- decay * ema + (1 - decay) * new, where new is the step's new params (after the
-    optimizer update) and new batch_stats, leaf by leaf in float32."""
+    optimizer update) and new batch_stats, leaf by leaf in float32. (optax.ema would average the
+    optimizer's update stream inside its chain, which never sees the BatchNorm statistics.)"""
 
     def ema_step(state: EmaTrainState, batch) -> tuple[EmaTrainState, dict]:
         state, metrics = train_step(state, batch)

@@ -85,5 +85,5 @@ def test_a_stop_request_ends_the_trace(tmp_path, monkeypatch):
 def test_bad_profile_steps_are_rejected_naming_the_field(value):
     config = base_config()
     config.profile_steps = value
-    with pytest.raises(ConfigError, match=r"config.profile_steps=.* is not allowed; expected a pair"):
+    with pytest.raises(ConfigError, match=r"profile_steps=.* is not allowed; expected a pair"):
         validate_config(config)
