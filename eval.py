@@ -1,4 +1,4 @@
-"""Evaluate a run's checkpoint: python eval.py --workdir DIR [--step N | --all | --watch]
+"""Evaluate a run's checkpoint: python eval.py --workdir DIR [--step N | --all | --watch] [--ema]
 [--config.field=value ...]
 
 Model and data settings come from the config stored with the checkpoint; --config.<field>=<value>
@@ -36,7 +36,10 @@ flags.DEFINE_bool("per_class", False, "Also report top-1 accuracy per class.")
 flags.DEFINE_bool("allow_unverified_checkpoint", False,
                   "Evaluate a checkpoint even when its integrity record is missing or unreadable "
                   "(its files then cannot be checked; damaged ones are still refused).")
-flags.DEFINE_string("name", "eval_offline", "Split name of the results (JSON folder, TensorBoard).")
+flags.DEFINE_bool("ema", False, "Evaluate the checkpoint's EMA weights (a run trained with "
+                  "config.ema_decay) instead of its raw weights.")
+flags.DEFINE_string("name", None, "Split name of the results (JSON folder, TensorBoard); default "
+                    "eval_offline, or eval_offline_ema with --ema.")
 parallel.define_distributed_flags()
 FLAGS = flags.FLAGS
 
@@ -54,7 +57,7 @@ def main(argv):
         checkpoint=FLAGS.checkpoint, torchvision_weights=FLAGS.torchvision_weights,
         config=FLAGS.config if FLAGS["config"].present else None,
         overrides=FLAGS["config"].override_values, per_class=FLAGS.per_class,
-        allow_unverified=FLAGS.allow_unverified_checkpoint, name=FLAGS.name)
+        allow_unverified=FLAGS.allow_unverified_checkpoint, ema=FLAGS.ema, name=FLAGS.name)
     offline_eval.run(request)
 
 

@@ -9,16 +9,20 @@ Actions that read the train state (log, eval, checkpoint) run only after the pen
 were checked for divergence, so a diverged state is never evaluated or saved.
 """
 
+import contextlib
 import dataclasses
+import shutil
 import signal
+import tempfile
 import threading
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from resnet_jax import storage
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.console import Console, format_duration
 from resnet_jax.divergence import divergence_error
@@ -26,6 +30,9 @@ from resnet_jax.evaluation import evaluate
 from resnet_jax.experiment import Experiment
 from resnet_jax.metric_writers import MetricWriter
 from resnet_jax.phase_clock import PhaseClock
+from resnet_jax.steps import ema_weights, has_ema
+
+PROFILE_DIR = "profile"  # <workdir>/profile: TensorBoard's profile plugin finds it as run "profile"
 
 
 @dataclasses.dataclass
@@ -193,7 +200,9 @@ class TrainLog(Action):
 
 class Evaluate(Action):
     """Every `every` steps (config.eval_every_steps, default one epoch) and at the last step: the
-    whole eval split, written and printed; the tick carries the metrics to the checkpoint."""
+    whole eval split, written and printed; the tick carries the metrics to the checkpoint. A state
+    with an EMA (config.ema_decay) is evaluated twice: its raw weights, and its EMA weights as
+    ema_loss, ema_top1 and ema_top5."""
 
     at_last = True
     phase = "eval"
@@ -205,10 +214,16 @@ class Evaluate(Action):
 
     def __call__(self, tick: Tick, state) -> None:
         metrics = evaluate(self.exp, state)
+        line = (f"eval at step {tick.step}: loss {metrics['loss']:.4f} top1 "
+                f"{100 * metrics['top1']:.2f}% top5 {100 * metrics['top5']:.2f}% over "
+                f"{int(metrics['count'])} examples")
+        if has_ema(state):
+            ema = evaluate(self.exp, ema_weights(state))
+            metrics.update({f"ema_{k}": ema[k] for k in ("loss", "top1", "top5")})
+            line += (f"; EMA loss {ema['loss']:.4f} top1 {100 * ema['top1']:.2f}% top5 "
+                     f"{100 * ema['top5']:.2f}%")
         self.writer.write(tick.step, "eval", metrics)
-        self.console.print(f"eval at step {tick.step}: loss {metrics['loss']:.4f} top1 "
-                           f"{100 * metrics['top1']:.2f}% top5 {100 * metrics['top5']:.2f}% over "
-                           f"{int(metrics['count'])} examples")
+        self.console.print(line)
         tick.eval_metrics = self.latest = metrics
 
 
@@ -238,3 +253,62 @@ class SaveCheckpoint(Action):
                 "position_in_epoch": step % exp.steps_per_epoch,
                 "examples_seen": step * exp.config.global_batch_size,
                 "config": exp.config.to_dict(), "metrics": metrics}
+
+
+class Profile(Action):
+    """config.profile_steps = (a, b), on process 0 only: a jax.profiler trace of the dispatches that
+    run any of the train steps a .. b-1 (0-based, as state.step counts them), each traced whole
+    with its input, as one "train" step annotation per dispatch (StepTraceAnnotation, step_num: its
+    first step; one step per dispatch gives one annotation per step). It never shortens a
+    dispatch, so the steps traced run as they do untraced.
+
+    The trace starts in `dispatch`, before the first such dispatch, and stops at the first tick at
+    or past step b (at the last step, on a stop request, or on `close`) after the loop has waited
+    for the devices to finish. jax.profiler writes it into a local folder (its Perfetto export
+    reads local files only), then copied to <workdir>/profile/plugins/profile/<time>/:
+    <host>.xplane.pb (TensorBoard's profile plugin, XProf), <host>.trace.json.gz and
+    perfetto_trace.json.gz (ui.perfetto.dev). Starting and writing count as the profile phase.
+    """
+
+    reads_state = True  # the loop fetches the step metrics, so the traced steps are done
+    phase = "profile"
+
+    def __init__(self, steps: tuple[int, int], workdir: storage.PathLike, clock: PhaseClock):
+        self.first, self.end = steps
+        self.target = storage.path(workdir) / PROFILE_DIR
+        self.clock = clock
+        self.tracing_into: Optional[str] = None  # the local folder of the trace in progress
+
+    @contextlib.contextmanager
+    def dispatch(self, first_step: int, steps: int) -> Iterator[None]:
+        """Around a dispatch of steps first_step .. first_step + steps - 1 and its input: starts
+        the trace if the dispatch holds one of the steps and none was started, and annotates
+        the dispatch while tracing."""
+        if self.tracing_into is None and first_step < self.end and first_step + steps > self.first:
+            with self.clock.phase("profile"):
+                self.tracing_into = tempfile.mkdtemp(prefix="resnet-jax-profile-")
+                jax.profiler.start_trace(self.tracing_into, create_perfetto_trace=True)
+        if self.tracing_into is None:
+            yield
+            return
+        with jax.profiler.StepTraceAnnotation("train", step_num=first_step):
+            yield
+
+    def due(self, tick: Tick) -> bool:
+        return self.tracing_into is not None and (tick.step >= self.end or tick.last
+                                                  or tick.stopping)
+
+    def __call__(self, tick: Tick, state) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the trace in progress, if any, and copy it into the workdir. Raises StorageError
+        naming a file that cannot be copied."""
+        if self.tracing_into is None:
+            return
+        local, self.tracing_into = self.tracing_into, None
+        try:
+            jax.profiler.stop_trace()
+            storage.copy_folder(local, self.target)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)

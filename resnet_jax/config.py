@@ -89,8 +89,18 @@ def base_config() -> ml_collections.ConfigDict:
     # only steps that are multiples of checkpoint_every_steps (and the last) are saved.
     c.checkpoint_at_eval = False
     c.keep_checkpoints = 3
+    # An exponential moving average of the parameters and BN statistics, updated after every step:
+    # ema = ema_decay * ema + (1 - ema_decay) * new; evaluated beside the raw weights (ema_top1,
+    # ...) and checkpointed with them (eval.py --ema evaluates it). None: off.
+    c.ema_decay = placeholder(float)
+    # The eval metric by which keep-best keeps a checkpoint: "top1" (the raw weights) or "ema_top1"
+    # (the EMA weights; needs ema_decay).
+    c.best_metric = "top1"
     c.async_checkpointing = True
     c.tensorboard = True
+    # (a, b): a jax.profiler trace of train steps a .. b-1 (0-based) on process 0, written to
+    # <workdir>/profile (README: Profiling). Dispatches holding any of them are traced whole.
+    c.profile_steps = placeholder(tuple)
     return c
 
 
@@ -128,6 +138,7 @@ def model_options(config) -> dict[str, Any]:
     return {k: v for k, v in config.model.items() if k != "name" and v is not None}
 
 
+BEST_METRICS = ("top1", "ema_top1")
 Check = Callable[[Any], bool]
 _RULES: list[tuple[str, Check, str]] = [
     ("seed", lambda v: v >= 0, "a non-negative int"),
@@ -155,6 +166,11 @@ _RULES: list[tuple[str, Check, str]] = [
     # Two at least, so that the newest verified checkpoint outlives the save of the next one
     # (MIN_KEEP in checkpoint/checkpointer.py says why).
     ("keep_checkpoints", lambda v: v >= 2, "an int of at least 2"),
+    ("ema_decay", lambda v: v is None or 0 < v < 1, "a float in (0, 1), or None for no EMA"),
+    ("best_metric", lambda v: v in BEST_METRICS, f"one of {BEST_METRICS}"),
+    ("profile_steps", lambda v: v is None or (
+        len(v) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in v)
+        and 0 <= v[0] < v[1]), "a pair of ints (a, b) with 0 <= a < b, or None for no profile"),
 ]
 
 
@@ -216,6 +232,8 @@ def validate_config(config, device_count: Optional[int] = None,
             if count and value % count:
                 raise ConfigError(f"config.{field}={value} is not divisible by the {count} {what}; "
                                   f"use a multiple of {count}")
+    if config.best_metric == "ema_top1" and config.ema_decay is None:
+        raise ConfigError("config.best_metric='ema_top1' needs config.ema_decay (the EMA is off)")
     group = config.model.bn_group_size
     if group and device_count and training:
         per_device = config.global_batch_size // device_count

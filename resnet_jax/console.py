@@ -81,9 +81,10 @@ class Console:
 def final_summary(workdir: str, step: int, total_steps: int, wall_seconds: float,
                   records: Sequence[dict], checkpoint_dir: Optional[str],
                   time_line: Optional[str] = None) -> str:
-    """The closing lines: the final and best eval top-1/top-5 with their steps, wall time, mean
-    images/s, where the wall time went (`time_line`, phase_clock.describe), the last checkpoint
-    and the eval.py command for it. `records`: metrics.jsonl's."""
+    """The closing lines: the final and best eval top-1/top-5 with their steps (of the EMA weights
+    too, when evaluated), wall time, mean images/s, where the wall time went (`time_line`,
+    phase_clock.describe), the last checkpoint and the eval.py command for it. `records`:
+    metrics.jsonl's."""
     evals = [r for r in records if r["split"] == "eval"]
     speeds = [r["images_per_sec"] for r in records if r["split"] == "train" and
               "images_per_sec" in r]
@@ -93,12 +94,15 @@ def final_summary(workdir: str, step: int, total_steps: int, wall_seconds: float
              + (f", mean {sum(speeds) / len(speeds):,.0f} images/s" if speeds else "")]
     if time_line:
         lines.append(time_line)
-    if evals:
-        final, best = evals[-1], max(evals, key=lambda r: r["top1"])
-        lines.append(f"eval:     final top-1 {100 * final['top1']:.2f}% top-5 "
-                     f"{100 * final['top5']:.2f}% (step {final['step']:,}); best top-1 "
-                     f"{100 * best['top1']:.2f}% (step {best['step']:,})")
+    ema = [r for r in evals if "ema_top1" in r]
+    for label, prefix, rows in (("eval:    ", "", evals), ("eval EMA:", "ema_", ema)):
+        if rows:
+            final, best = rows[-1], max(rows, key=lambda r: r[prefix + "top1"])
+            lines.append(f"{label} final top-1 {100 * final[prefix + 'top1']:.2f}% top-5 "
+                         f"{100 * final[prefix + 'top5']:.2f}% (step {final['step']:,}); best "
+                         f"top-1 {100 * best[prefix + 'top1']:.2f}% (step {best['step']:,})")
     if checkpoint_dir:
         lines.append(f"checkpoint: {checkpoint_dir}")
-        lines.append(f"evaluate:   python eval.py --workdir {workdir}")
+        lines.append(f"evaluate:   python eval.py --workdir {workdir}"
+                     + (" (add --ema for the EMA weights)" if ema else ""))
     return "\n".join(lines)

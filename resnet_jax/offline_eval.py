@@ -2,6 +2,7 @@
 step, or each new one as training writes it) or imported torchvision weights, evaluated over the
 whole eval split with the training loop's `evaluation.evaluate`.
 
+With `ema` a checkpoint's EMA weights (config.ema_decay) are evaluated instead of its raw weights.
 Results go to `<out>/<name>/<key>.json` (key: the step, or `torchvision_<weights stem>`),
 to `<out>/metrics.jsonl` as records of split `<name>`, and to TensorBoard under
 `<out>/tensorboard/<name>`. `<out>` is the workdir, or beside what was evaluated: the workdir of a
@@ -27,6 +28,7 @@ from resnet_jax.errors import (ConfigError, DamagedCheckpointError, EvalError,
 from resnet_jax.evaluation import evaluate
 from resnet_jax.metric_writers import MetricWriter
 from resnet_jax.restore import ExperimentCache, restore
+from resnet_jax.steps import ema_weights, has_ema
 
 SCALARS = ("loss", "top1", "top5", "count")
 RESERVED_NAMES = ("train", "eval")  # the training loop's own splits
@@ -37,7 +39,9 @@ class Request:
     """What to evaluate and how (the eval.py flags). Sources, one of: `workdir` (its latest
     checkpoint, or `step`, or `all_steps`, or `watch`), `checkpoint` (a step folder), or
     `torchvision_weights` (needs `overrides` or `config` naming the model and data).
-    Checkpoints without a readable integrity record are refused unless `allow_unverified`."""
+    Checkpoints without a readable integrity record are refused unless `allow_unverified`.
+    `ema`: evaluate the checkpoints' EMA weights; `name` (the results' split) defaults to
+    eval_offline, or eval_offline_ema with `ema`."""
 
     workdir: Optional[str] = None
     step: Optional[int] = None
@@ -51,8 +55,13 @@ class Request:
     overrides: dict = dataclasses.field(default_factory=dict)  # {"data.data_dir": value, ...}
     per_class: bool = False
     allow_unverified: bool = False
-    name: str = "eval_offline"
+    ema: bool = False
+    name: Optional[str] = None
     devices: Optional[list] = None
+
+    def __post_init__(self):
+        if self.name is None:
+            self.name = "eval_offline_ema" if self.ema else "eval_offline"
 
 
 def resolve_config(request: Request, stored: Optional[dict]) -> ml_collections.ConfigDict:
@@ -92,6 +101,7 @@ class _Session:
                exp) -> dict:
         """Write the result of one evaluation (JSON, metrics.jsonl, TensorBoard); print its row."""
         record = {"step": step, "source": source, "name": self.request.name,
+                  "weights": "ema" if self.request.ema else "raw",
                   "final_step": exp.total_steps, "devices": exp.mesh.size, "checked": checked,
                   "time": round(time.time(), 3), "metrics": metrics, "config": config.to_dict()}
         if self.is_main:
@@ -136,9 +146,14 @@ def _evaluate_step(session: _Session, ckpt: Checkpointer, step: int) -> dict:
     request = session.request
     restored = restore(ckpt, step, lambda stored: resolve_config(request, stored),
                        session.experiments, request.allow_unverified)
-    exp = restored.experiment
+    exp, state = restored.experiment, restored.state
+    if request.ema:
+        if not has_ema(state):
+            raise EvalError(f"--ema: checkpoint step {step} in {ckpt.directory} has no EMA weights "
+                            "(it was trained without config.ema_decay)")
+        state = ema_weights(state)
     return session.report(str(step), step, str(ckpt.step_dir(step)), exp.config,
-                          session.measure(exp, restored.state), restored.checked, exp)
+                          session.measure(exp, state), restored.checked, exp)
 
 
 def _evaluate_torchvision(session: _Session) -> dict:
@@ -196,6 +211,9 @@ def _check_request(request: Request) -> None:
         ("--torchvision_weights", bool(request.torchvision_weights))) if given]
     if len(chosen) > 1:
         raise EvalError(f"{' and '.join(chosen)} exclude each other; choose one")
+    if request.ema and request.torchvision_weights:
+        raise EvalError("--ema needs a checkpoint trained with config.ema_decay; torchvision "
+                        "weights have no EMA")
     if request.name in RESERVED_NAMES or not request.name.isidentifier():
         raise EvalError(f"--name={request.name!r} must be an identifier other than "
                         f"{' and '.join(RESERVED_NAMES)} (the training loop's splits)")

@@ -1,5 +1,6 @@
 """Where a training session's wall time goes: compilation, waiting for input, device steps,
-evaluation, checkpointing, and the rest.
+evaluation, checkpointing, profiling (starting and writing a config.profile_steps trace), and the
+rest.
 
 The loop runs each piece of work inside `clock.phase(name)`; "other" is the wall time no phase
 claimed (building the run, logging, the stop check), so the phases add up to the wall time by
@@ -12,7 +13,7 @@ import contextlib
 import time
 from typing import Iterator, Optional
 
-PHASES = ("compile", "input_wait", "steps", "eval", "checkpoint")
+PHASES = ("compile", "input_wait", "steps", "eval", "checkpoint", "profile")
 
 
 class PhaseClock:
@@ -53,8 +54,9 @@ class PhaseClock:
 
 
 def describe(split: dict[str, float]) -> str:
-    """'time: compile 4.1 s, input wait 0.3 s (1 %), steps 18.2 s, ...' of a split()."""
+    """'time: compile 4.1 s, input wait 0.3 s (1 %), steps 18.2 s, ...' of a split(); the profile
+    phase only when a trace took time."""
     wall = split["wall"] or 1.0
     parts = [f"{name.replace('_', ' ')} {split[name]:.1f} s ({100 * split[name] / wall:.0f} %)"
-             for name in (*PHASES, "other")]
+             for name in (*PHASES, "other") if name != "profile" or split[name]]
     return f"time: {', '.join(parts)} of {split['wall']:.1f} s"

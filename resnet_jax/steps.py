@@ -1,6 +1,8 @@
 """The train state and the pure, jit-able train and eval steps.
 
-TrainState leaves: step int32 [], params and batch_stats float32 trees, opt_state.
+TrainState leaves: step int32 [], params and batch_stats float32 trees, opt_state. EmaTrainState
+(config.ema_decay) adds ema = {"params", "batch_stats"}: their exponential moving averages; a run
+without EMA keeps the plain TrainState, so its checkpoints hold exactly the arrays they always did.
 Train batches: {"image": float [B, H, W, C], "label": int32 [B]}. Eval batches add "mask": bool [B]
 and may carry several views of each image: "image" [B, V, H, W, C] (V crops) and/or
 "image_<size>" keys (several scales); see make_eval_step.
@@ -34,6 +36,44 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+    ema: Any  # {"params": ..., "batch_stats": ...}, float32 trees shaped as the state's own
+
+
+def with_ema(state: TrainState) -> EmaTrainState:
+    """`state` with its EMA (re)started at copies of its params and batch_stats. Call it on the
+    initial state, and again after loading other weights into it (e.g. pretrained ones)."""
+    fields = {name: getattr(state, name) for name in ("step", "params", "batch_stats", "opt_state")}
+    ema = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
+    return EmaTrainState(**fields, ema=ema)
+
+
+def has_ema(state: TrainState) -> bool:
+    """Whether `state` carries an EMA of its weights (an EmaTrainState)."""
+    return isinstance(state, EmaTrainState)
+
+
+def ema_weights(state: EmaTrainState) -> EmaTrainState:
+    """`state` with its params and batch_stats replaced by their EMA (the same pytree structure,
+    so a step compiled for the state takes it as is): what evaluating the EMA weights uses."""
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+
+
+def make_ema_step(train_step: Callable, decay: float) -> Callable:
+    """train_step followed by the EMA update (optax.incremental_update), for EmaTrainStates:
+    ema <- decay * ema + (1 - decay) * new, where new is the step's new params (after the
+    optimizer update) and new batch_stats, leaf by leaf in float32. (optax.ema would average the
+    optimizer's update stream inside its chain, which never sees the BatchNorm statistics.)"""
+
+    def ema_step(state: EmaTrainState, batch) -> tuple[EmaTrainState, dict]:
+        state, metrics = train_step(state, batch)
+        new = {"params": state.params, "batch_stats": state.batch_stats}
+        return state.replace(ema=optax.incremental_update(new, state.ema, 1.0 - decay)), metrics
+
+    return ema_step
 
 
 def _topk_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:

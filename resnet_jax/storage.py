@@ -13,6 +13,7 @@ Object stores have neither append nor atomic rename, but an object upload is all
 """
 
 import os
+import shutil
 import socket
 import time
 from typing import Union
@@ -85,6 +86,20 @@ def files_under(folder: PathLike) -> list[epath.Path]:
         else:
             out.append(child)
     return out
+
+
+def copy_folder(source: PathLike, target: PathLike) -> None:
+    """Copy every file under `source` to the same path relative to `target` (either may be local or
+    gs://). Raises StorageError naming the file and the cause."""
+    source, target = path(source), path(target)
+    for file in files_under(source):
+        copy = target / file.relative_to(source)
+        try:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            with file.open("rb") as reading, copy.open("wb") as writing:
+                shutil.copyfileobj(reading, writing)
+        except Exception as e:  # noqa: BLE001 (gcsfs and aiohttp errors are not all OSErrors)
+            raise StorageError(copy, cause(e)) from e
 
 
 def session_name() -> str:

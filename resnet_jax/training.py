@@ -7,13 +7,15 @@ the devices, `steps_per_dispatch` of them per dispatch where no action falls due
 stay on device until an action fetches them.
 """
 
+import contextlib
 import json
+from typing import Optional
 
 import jax
 
 from resnet_jax import parallel, storage
-from resnet_jax.actions import (Action, CheckStop, Evaluate, SaveCheckpoint, StopRequest, Tick,
-                                TrainLog, dispatch_length)
+from resnet_jax.actions import (Action, CheckStop, Evaluate, Profile, SaveCheckpoint, StopRequest,
+                                Tick, TrainLog, dispatch_length)
 from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
 from resnet_jax.console import Console, final_summary, header
 from resnet_jax.data.base import stack_feeds
@@ -36,7 +38,8 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
         storage.write_atomic(storage.path(workdir) / "config.json",
                              json.dumps(config.to_dict(), indent=2, default=str))
     checkpointer = Checkpointer(storage.path(workdir) / "checkpoints", config.keep_checkpoints,
-                                async_save=config.async_checkpointing)
+                                async_save=config.async_checkpointing,
+                                best_metric=f"eval_{config.best_metric}")
     start = resume_step(checkpointer, allow_unverified_checkpoint,
                         start_fresh_if_no_good_checkpoint)
     console = Console(exp.total_steps, start or 0)
@@ -61,11 +64,17 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
     log = TrainLog(exp, writer, console, checkpointer, clock)
     evaluation = Evaluate(exp, writer, console)
+    profile = (Profile(config.profile_steps, workdir, clock)
+               if config.profile_steps is not None and is_main else None)
     try:
         with StopRequest() as stop:
-            actions = [CheckStop(stop), log, evaluation, SaveCheckpoint(exp, checkpointer)]
-            tick = _train(exp, state, start, actions, log, clock)
+            actions = [CheckStop(stop), *([profile] if profile else []), log, evaluation,
+                       SaveCheckpoint(exp, checkpointer)]
+            tick = _train(exp, state, start, actions, log, clock, profile)
     finally:
+        if profile:
+            with clock.phase("profile"):
+                profile.close()
         console.close()
         writer.close()
         with clock.phase("checkpoint"):
@@ -82,22 +91,24 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
 
 
 def _train(exp: Experiment, state, step: int, actions: list[Action], log: TrainLog,
-           clock: PhaseClock) -> Tick:
+           clock: PhaseClock, profile: Optional[Profile] = None) -> Tick:
     """Dispatch the steps after `step` until the last or a stop request, running the actions due
     after each dispatch, each piece of work timed by `clock`; returns the final tick. `log` is the
-    action holding the step metrics."""
+    action holding the step metrics; `profile`, when given, starts its trace and annotates the
+    dispatches it traces."""
     feeds = exp.pipeline.train_feed(step)
     arrays = exp.device_data()
     compiled: set[int] = set()
     tick = Tick(step, last=False, dispatches=0)
     while not (tick.last or tick.stopping):
         n = dispatch_length(tick.step, exp.steps_per_dispatch, actions, exp.total_steps)
-        with clock.phase("input_wait"):
-            local = stack_feeds([next(feeds) for _ in range(n)])
-            feed = parallel.global_batch(local, exp.mesh, steps_axis=True)
         compiling = n not in compiled  # jit compiles a new dispatch length inside the call
-        with clock.phase("compile" if compiling else "steps"):
-            state, metrics = exp.multi_step(state, arrays, feed)
+        with profile.dispatch(tick.step, n) if profile else contextlib.nullcontext():
+            with clock.phase("input_wait"):
+                local = stack_feeds([next(feeds) for _ in range(n)])
+                feed = parallel.global_batch(local, exp.mesh, steps_axis=True)
+            with clock.phase("compile" if compiling else "steps"):
+                state, metrics = exp.multi_step(state, arrays, feed)
         log.add(tick.step + 1, n, metrics)
         tick = Tick(tick.step + n, tick.step + n == exp.total_steps, tick.dispatches + 1)
         checked = compiling  # the step metrics are fetched and checked at most once per tick

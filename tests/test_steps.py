@@ -1,5 +1,6 @@
 """The train and eval steps against numpy: label-smoothed cross-entropy, top-k with ties, one SGD step
-with BatchNorm statistics, the learning-rate metric, the finite flag, and per-class eval sums."""
+with BatchNorm statistics, the learning-rate metric, the finite flag, per-class eval sums, and the
+EMA of the weights."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,8 @@ import pytest
 
 from resnet_jax.models.layers import BatchNorm
 from resnet_jax.steps import (TrainState, _topk_correct, create_train_state, cross_entropy,
-                              make_eval_step, make_train_step)
+                              ema_weights, has_ema, make_ema_step, make_eval_step,
+                              make_train_step, with_ema)
 
 
 def smoothed_cross_entropy(logits, labels, smoothing):
@@ -144,6 +146,42 @@ def test_create_train_state_starts_at_step_zero_from_the_seed():
     assert jax.tree.structure(state.opt_state) == jax.tree.structure(tx.init(variables["params"]))
     other = create_train_state(model, tx, (4, 4, 3), seed=4)
     assert not np.array_equal(other.params["head"]["kernel"], state.params["head"]["kernel"])
+
+
+def test_ema_follows_the_new_weights_by_the_decay_rule():
+    """Two steps of decay 0.75 against the rule by hand, from the initial weights:
+    ema_1 = 0.75 w_0 + 0.25 w_1, ema_2 = 0.75 ema_1 + 0.25 w_2 (params and BN statistics, after
+    each step's update); the raw weights are those of the step without EMA."""
+    model, tx = TinyNet(), optax.sgd(0.5)
+    plain = make_train_step(model, tx, optax.constant_schedule(0.5))
+    step = jax.jit(make_ema_step(plain, 0.75))
+    rng = np.random.default_rng(4)
+    batch = {"image": rng.normal(size=(8, 4, 4, 3)).astype(np.float32),
+             "label": rng.integers(0, 7, 8).astype(np.int32)}
+    state = create_train_state(model, tx, (4, 4, 3), seed=0)
+    assert not has_ema(state)
+    ema_state = with_ema(state)
+    assert has_ema(ema_state)
+    jax.tree.map(np.testing.assert_array_equal, ema_state.ema,
+                 {"params": state.params, "batch_stats": state.batch_stats})
+
+    def weights(s):
+        return jax.tree.map(np.asarray, {"params": s.params, "batch_stats": s.batch_stats})
+
+    def close(a, b):  # float32 rounding of a few operations
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+
+    expected = weights(state)
+    for _ in range(2):
+        state = jax.jit(plain)(state, batch)[0]
+        ema_state = step(ema_state, batch)[0]
+        close(weights(ema_state), weights(state))
+        expected = jax.tree.map(lambda e, w: 0.75 * e + 0.25 * w, expected, weights(ema_state))
+        close(jax.tree.map(np.asarray, ema_state.ema), expected)
+    assert not np.allclose(expected["params"]["head"]["kernel"], state.params["head"]["kernel"])
+    swapped = ema_weights(ema_state)
+    assert jax.tree.structure(swapped) == jax.tree.structure(ema_state)
+    jax.tree.map(np.testing.assert_array_equal, weights(swapped), ema_state.ema)
 
 
 def test_eval_sums_per_class_over_unmasked_rows():

@@ -1,6 +1,7 @@
 """gs:// workdirs against a local GCS emulator (fake-gcs-server on 127.0.0.1): a run that is
 SIGKILLed and resumed ends bit-identical to an uninterrupted local run; eval.py (latest and --watch)
-reads it; metrics and TensorBoard events read back through the same storage layer."""
+reads it; metrics and TensorBoard events read back through the same storage layer; a local folder
+(a profile trace) copied into a bucket."""
 
 import json
 import signal
@@ -181,3 +182,15 @@ def test_a_step_is_set_aside_on_gs_where_folders_exist_only_through_objects(gcs)
     checkpointer.close()
     assert str(moved).startswith("gs://bucket/aside/checkpoints_set_aside/2.")
     assert (moved / CHECKSUMS).exists() and (moved.parent / "README.txt").exists()
+
+
+def test_a_local_folder_is_copied_into_a_bucket(gcs, tmp_path):
+    """How a profile trace reaches a gs:// workdir (jax.profiler writes local files only)."""
+    files = {"plugins/profile/run/host.xplane.pb": b"\x00\x01" * 5000, "top.json": b"{}"}
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    storage.copy_folder(tmp_path, "gs://bucket/copied/profile")
+    target = storage.path("gs://bucket/copied/profile")
+    assert {str(f.relative_to(target)): f.read_bytes()
+            for f in storage.files_under(target)} == files

@@ -58,15 +58,16 @@ class Restored(NamedTuple):
 
 class Checkpointer:
     """A CheckpointManager keeping the latest `keep` (at least MIN_KEEP) checkpoints and the best
-    by eval top-1, with an integrity record per step. Constructing one changes nothing outside
-    it."""
+    by `best_metric` (eval top-1 by default; "eval_ema_top1": that of the EMA weights), with an
+    integrity record per step. Constructing one changes nothing outside it."""
 
     def __init__(self, directory: storage.PathLike, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+                 read_only: bool = False, best_metric: str = BEST_METRIC):
         if keep < MIN_KEEP:
             raise ValueError(f"keep={keep}: at least {MIN_KEEP} checkpoints must be kept")
         self.directory = storage.path(directory)
         self.async_save = async_save
+        self.best_metric = best_metric
         self._recorder: Optional[threading.Thread] = None
         self._error: Optional[StorageError] = None
         # A StorageError was raised; close() does not raise it again, nor close the manager. The
@@ -75,7 +76,7 @@ class Checkpointer:
         self._failed = False
         policy = AnyPreservationPolicy([
             LatestN(keep),
-            BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+            BestN(get_metric_fn=lambda m: m[best_metric], n=1,
                   keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(
@@ -123,9 +124,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict, metrics: Optional[dict] = None) -> None:
         """Start saving (asynchronously unless async_save=False) once the previous save and its
-        record are complete; `metrics` with eval_top1 make it a candidate for best. Raises
-        StorageError if this or the previous save failed."""
-        if metrics is not None and BEST_METRIC not in metrics:
+        record are complete; `metrics` holding the best metric make it a candidate for best.
+        Raises StorageError if this or the previous save failed."""
+        if metrics is not None and self.best_metric not in metrics:
             metrics = None
         self._finish_pending()
         try:
