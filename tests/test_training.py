@@ -302,7 +302,7 @@ def test_embedded_digits_run_reaches_97_percent_and_accounts_for_its_time(tmp_pa
     assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).latest_step() == result["step"]
 
     split = result["time"]
-    phases = ("compile", "input_wait", "steps", "eval", "checkpoint", "other")
+    phases = ("compile", "input_wait", "steps", "eval", "checkpoint", "profile", "other")
     assert all(split[p] >= 0 for p in phases), split
     assert all(split[p] > 0 for p in ("compile", "steps", "eval", "checkpoint")), split
     assert abs(sum(split[p] for p in phases) - wall) <= 0.05 * wall, (split, wall)
