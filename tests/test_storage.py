@@ -68,7 +68,7 @@ def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference_run, tmp_path
     env = child_env(gcs)
     proc = subprocess.Popen(train_command(workdir, SYNC), env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(proc, workdir, 10)
+    wait_for_step(proc, workdir, 20)  # step 10 then has its integrity record: a resume point
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = checkpoint_steps(workdir)[-1]
