@@ -96,7 +96,8 @@ class Source:
     def load(self, experiment, init_head: str) -> Loaded:
         """The source's arrays fitted to `experiment`'s model (see the module docstring)."""
         target = experiment.abstract_train_state()
-        target_shapes = array_shapes({c: getattr(target, c) for c in COLLECTIONS})
+        target_shapes = {k: v for c in COLLECTIONS  # params first: the first mismatch named
+                         for k, v in array_shapes({c: getattr(target, c)}).items()}
         fit = functools.partial(self._fit, target_shapes=target_shapes, init_head=init_head,
                                 num_classes=experiment.pipeline.num_classes,
                                 model_name=experiment.config.model.name)
