@@ -2,10 +2,10 @@
 the periodic work (log, eval, checkpoint, stop requests) declared once as actions (actions.py).
 
 `train_and_evaluate(config, workdir)` trains, evaluates and checkpoints, and resumes by itself from the
-newest good checkpoint in `workdir/checkpoints`; a run without one starts from config.init_from's
-pretrained weights when it names some (pretrained.py). The hot loop dispatches steps without waiting for
-the devices, `steps_per_dispatch` of them per dispatch where no action falls due inside; metrics
-stay on device until an action fetches them.
+newest good checkpoint in `workdir/checkpoints`; a run without one starts from the pretrained
+weights config.init_from names, if any (pretrained.py). The hot loop dispatches steps without
+waiting for the devices, `steps_per_dispatch` of them per dispatch where no action falls due
+inside; metrics stay on device until an action fetches them.
 """
 
 import json

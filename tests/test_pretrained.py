@@ -99,49 +99,56 @@ def test_same_class_count_keeps_the_head_unless_reinit(source, tmp_path):
     assert not np.array_equal(got["head"]["kernel"], params["head"]["kernel"])
 
 
-def test_linear_probe_keeps_backbone_and_bn_statistics_bitwise_and_resumes(source, tmp_path,
-                                                                           capsys):
+def test_linear_probe_keeps_backbone_and_bn_statistics_bitwise(source, tmp_path):
     workdir, params, batch_stats = source
     run = str(tmp_path / "probe")
-    config = fine_tune_config(workdir, **{"optimizer.freeze_backbone": True})
-    train_and_evaluate(config, run)
+    train_and_evaluate(fine_tune_config(workdir, **{"optimizer.freeze_backbone": True}), run)
     (got_params, got_stats), step = final_state(run)
     assert step == 4
     jax.tree.map(np.testing.assert_array_equal, bits(without_head(got_params)),
                  bits(without_head(params)))
     jax.tree.map(np.testing.assert_array_equal, bits(got_stats), bits(batch_stats))
-    (head_at_2, _), _ = final_state(run, 2)
-    assert not np.array_equal(head_at_2["head"]["kernel"], got_params["head"]["kernel"])
+    (at_2, _), _ = final_state(run, 2)
+    assert not np.array_equal(at_2["head"]["kernel"], got_params["head"]["kernel"])  # it trains
     stored = json.loads((tmp_path / "probe" / "config.json").read_text())
     assert stored["data"]["normalization"] == "per_channel"  # the source's, recorded
 
-    # Interrupted after step 2: the run resumes from its own checkpoint, not from init_from.
-    shutil.rmtree(tmp_path / "probe" / "checkpoints" / "4")
-    capsys.readouterr()
+
+def test_torchvision_weights_fine_tuned_and_resumed_after_an_interruption(
+        source, torchvision_file, tmp_path, capsys):
+    _, params, batch_stats = source
+    config = fine_tune_config(torchvision_file, **{"data.num_classes": 10,
+                                                   "optimizer.backbone_lr_multiplier": 0.1})
+    run = str(tmp_path / "tv")
     train_and_evaluate(config, run)
     out = capsys.readouterr().out
-    assert "resuming from step 2" in out and "init_from not loaded" in out
-    (resumed, resumed_stats), _ = final_state(run)
-    jax.tree.map(np.testing.assert_array_equal, bits(resumed), bits(got_params))
-    jax.tree.map(np.testing.assert_array_equal, bits(resumed_stats), bits(batch_stats))
-
-
-def test_torchvision_weights_fine_tuned_with_torchvision_preprocessing(source, torchvision_file,
-                                                                       tmp_path):
-    _, params, batch_stats = source
-    config = fine_tune_config(torchvision_file, **{"data.num_classes": 10})
-    run = str(tmp_path / "tv")
-    result = train_and_evaluate(config, run)
-    assert result["step"] == 4
+    assert "classifier loaded" in out and f"torchvision weights {torchvision_file}" in out
     stored = json.loads((tmp_path / "tv" / "config.json").read_text())
     # torchvision's normalisation and eval crop (shorter side 8 * 256 / 224 = 9), stored.
     assert (stored["data"]["normalization"], stored["data"]["resize_size"]) == ("torchvision", 9)
-    resolved, line = with_source_preprocessing(config_from_dict(stored), open_source(config))
-    assert line == "preproc:  normalization torchvision (config)"  # explicit now
-    _, (got, got_stats), note = loaded_state(resolved)
+    assert with_source_preprocessing(config_from_dict(stored), open_source(config))[1] == (
+        "preproc:  normalization torchvision (config)")  # explicit from now on
+    (tuned, tuned_stats), _ = final_state(run)
+    assert not np.array_equal(tuned["stem_conv"]["kernel"], params["stem_conv"]["kernel"])
+
+    # Interrupted after step 2: the run resumes from its own checkpoint, not from init_from.
+    shutil.rmtree(tmp_path / "tv" / "checkpoints" / "4")
+    train_and_evaluate(config, run)
+    out = capsys.readouterr().out
+    assert "resuming from step 2" in out and "init_from not loaded" in out
+    (resumed, resumed_stats), step = final_state(run)
+    assert step == 4
+    jax.tree.map(np.testing.assert_array_equal, bits((resumed, resumed_stats)),
+                 bits((tuned, tuned_stats)))
+
+
+def test_torchvision_weights_load_exactly(source, torchvision_file):
+    _, params, batch_stats = source
+    _, (got, got_stats), note = loaded_state(fine_tune_config(torchvision_file,
+                                                              **{"data.num_classes": 10}))
     jax.tree.map(np.testing.assert_array_equal, bits(got), bits(params))  # transposes only
     jax.tree.map(np.testing.assert_array_equal, bits(got_stats), bits(batch_stats))
-    assert "classifier loaded" in note and "torchvision weights" in note
+    assert "59 parameter and 38 BatchNorm statistic arrays" in note  # 57 + the head's 2
 
 
 def test_gs_source_on_the_emulator(source, torchvision_file, tmp_path_factory):
