@@ -125,8 +125,13 @@ class Source:
             raise ConfigError(f"config.init_from={self.location!r} does not fit "
                               f"config.model.name={model_name!r}: {problem}")
         params = sum(k.startswith("params/") for k in target_shapes)
-        head = ("classifier loaded" if keep else f"classifier re-initialised ({num_classes} "
-                f"classes here, {source_classes or 'none'} in the source)")
+        if keep:
+            head = "classifier loaded"
+        elif init_head == "reinit":
+            head = "classifier re-initialised (init_head='reinit')"
+        else:
+            head = (f"classifier re-initialised ({num_classes} classes here, "
+                    f"{source_classes or 'none'} in the source)")
         return keep, (f"init:     {params} parameter and {len(target_shapes) - params} BatchNorm "
                       f"statistic arrays from {self.describe()}; {head}; step and optimizer "
                       "state fresh")
