@@ -243,8 +243,8 @@ def test_bad_fields(tmp_path, fields, message):
         train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_command_line_error_is_one_line(tmp_path):
-    args = train_command(tmp_path / "run", {"init_from": tmp_path / "missing.pth"})
+def test_command_line_error_is_one_line_even_for_a_dry_run(tmp_path):
+    args = train_command(tmp_path / "run", {"init_from": tmp_path / "missing.pth"}, "--dry_run")
     result = subprocess.run(args, env=env_with_devices(1), capture_output=True, text=True,
                             timeout=120, cwd=REPO)
     assert result.returncode == 2
