@@ -58,9 +58,12 @@ class Loaded:
         def replace(collection, tree):
             def leaf(path, old):
                 key = f"{collection}/{jax.tree_util.keystr(path, simple=True, separator='/')}"
-                if key not in self.arrays:
+                value = self.arrays.get(key)
+                if value is None:
                     return old
-                return jax.device_put(np.asarray(self.arrays[key], old.dtype), old.sharding)
+                if isinstance(value, jax.Array):  # restored onto the mesh, on every host
+                    return value.astype(old.dtype)
+                return jax.device_put(np.asarray(value, old.dtype), old.sharding)
 
             return jax.tree_util.tree_map_with_path(leaf, tree)
 
@@ -165,13 +168,8 @@ class Source:
             variables["params"] = {k: v for k, v in variables["params"].items() if k != CLASSIFIER}
             head = convert.torch_name(("params", CLASSIFIER, "kernel")).split(".")[0] + "."
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
-        try:
-            arrays = traverse_util.flatten_dict(convert.torchvision_to_flax(state_dict, variables),
-                                                sep="/")
-        except ValueError as e:  # not reached after _fit; kept one line
-            raise ConfigError(f"config.init_from={self.location!r}: "
-                              f"{' '.join(str(e).split())}") from None
-        return Loaded(arrays, note)
+        arrays = convert.torchvision_to_flax(state_dict, variables)  # fits: `fit` checked it
+        return Loaded(traverse_util.flatten_dict(arrays, sep="/"), note)
 
 
 def _read_state_dict(location: str) -> dict[str, np.ndarray]:
