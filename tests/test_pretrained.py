@@ -250,3 +250,13 @@ def test_command_line_error_is_one_line_even_for_a_dry_run(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "missing.pth': no such file" in result.stderr
+
+
+def test_a_workdir_source_passes_over_newer_unverified_checkpoints(source, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.join(source[0], "checkpoints"), copy / "checkpoints")
+    steps = sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())
+    (copy / "checkpoints" / str(steps[-1]) / CHECKSUMS).unlink()
+    found = open_source(fine_tune_config(copy))
+    assert found.step == steps[-2]
+    assert f"newer ones not verified: checkpoint step {steps[-1]} is unverified" in found.describe()
