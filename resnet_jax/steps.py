@@ -65,17 +65,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     mode, the statistics are left as they are, and no gradient flows into the frozen parameters."""
 
     def loss_fn(params, batch_stats, batch):
-        if frozen is not None:
+        if frozen is None:
+            logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats},
+                                           batch["image"], train=True, mutable=["batch_stats"])
+            batch_stats = new_vars["batch_stats"]
+        else:
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params,
                                   frozen(params))
             logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
                                  train=False)
-            loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-            return loss, (logits, batch_stats)
-        logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats},
-                                       batch["image"], train=True, mutable=["batch_stats"])
         loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-        return loss, (logits, new_vars["batch_stats"])
+        return loss, (logits, batch_stats)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
