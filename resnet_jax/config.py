@@ -50,7 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_crop = "center"  # center, ten_crop, multi_scale
     c.data.eval_scales = (224, 256, 384, 480, 640)  # shorter sides for eval_crop="multi_scale"
     c.data.resize_size = placeholder(int)  # eval shorter side (None: 256 at 224; CIFAR: image_size)
-    c.data.normalization = "per_channel"  # per_channel, per_pixel_mean, torchvision
+    # per_channel, per_pixel_mean, torchvision; None: the init_from source's (torchvision weights:
+    # torchvision; a checkpoint of ours: its own), else per_channel (pretrained.py).
+    c.data.normalization = placeholder(str)
     c.data.shuffle_buffer = placeholder(int)  # stream TFDS records via this buffer (None: auto)
     c.data.placement = "auto"  # examples on the host, on the devices, or auto (data/__init__.py)
     c.data.max_shift = 1  # digits: random shift in pixels
@@ -77,6 +79,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay_mode = "l2"
     c.optimizer.exclude_bn_and_bias = False
     c.optimizer.grad_clip_norm = 0.0
+    # A linear probe: only the classifier ("head") trains; every other parameter and every
+    # BatchNorm statistic stays as loaded, BatchNorm in inference mode.
+    c.optimizer.freeze_backbone = False
+    # Discriminative fine-tuning: the learning rate of every parameter but the classifier's is
+    # multiplied by this (e.g. 0.1).
+    c.optimizer.backbone_lr_multiplier = 1.0
+
+    # Start a new run from pretrained weights (pretrained.py): a workdir of ours (its newest verified
+    # checkpoint), a step folder <workdir>/checkpoints/<step>, or torchvision weights (.safetensors,
+    # or .pth with PyTorch installed); local or gs://. Parameters and BatchNorm statistics are
+    # loaded, optimizer state and step start fresh. A run with checkpoints of its own resumes them.
+    c.init_from = placeholder(str)
+    # The classifier: "auto" keeps the source's when the class counts match, else re-initialises
+    # it; "keep" (an error when they differ) or "reinit".
+    c.init_head = "auto"
 
     # Train steps run by one dispatch (a scan inside one compiled function); None: 20 when the data
     # are on GPUs or TPUs, else 1 (experiment.py says why). Log, eval and checkpoint steps end a
@@ -140,6 +157,7 @@ def model_options(config) -> dict[str, Any]:
 
 BEST_METRICS = ("top1", "ema_top1")
 Check = Callable[[Any], bool]
+INIT_HEADS = ("auto", "keep", "reinit")
 _RULES: list[tuple[str, Check, str]] = [
     ("seed", lambda v: v >= 0, "a non-negative int"),
     ("global_batch_size", lambda v: v > 0, "a positive int"),
@@ -159,6 +177,9 @@ _RULES: list[tuple[str, Check, str]] = [
     ("optimizer.weight_decay_mode", lambda v: v in optim.WEIGHT_DECAY_MODES,
      f"one of {optim.WEIGHT_DECAY_MODES}"),
     ("optimizer.grad_clip_norm", lambda v: v >= 0, "a non-negative float (0 disables clipping)"),
+    ("optimizer.backbone_lr_multiplier", lambda v: v > 0,
+     "a positive float (freeze the backbone with optimizer.freeze_backbone=True)"),
+    ("init_head", lambda v: v in INIT_HEADS, f"one of {INIT_HEADS}"),
     ("steps_per_dispatch", lambda v: v is None or v > 0, "a positive int, or None for the default"),
     ("log_every_steps", lambda v: v > 0, "a positive int"),
     ("eval_every_steps", lambda v: v is None or v > 0, "a positive int, or None for every epoch"),
@@ -221,6 +242,10 @@ def validate_config(config, device_count: Optional[int] = None,
         if any(b <= 0 or b >= config.schedule.length for b in config.schedule.boundaries):
             raise ConfigError(f"config.schedule.boundaries={tuple(config.schedule.boundaries)} must "
                               f"lie inside (0, schedule.length={config.schedule.length})")
+    if config.optimizer.freeze_backbone and config.optimizer.backbone_lr_multiplier != 1:
+        raise ConfigError(f"config.optimizer.backbone_lr_multiplier="
+                          f"{config.optimizer.backbone_lr_multiplier!r} has no effect with "
+                          "optimizer.freeze_backbone=True (the backbone does not train); leave it 1")
     try:
         registry.validate_options(config.model.name, model_options(config))
     except ValueError as e:

@@ -107,6 +107,29 @@ def _listed(items: list[str]) -> str:
     return "; ".join(items[:_MAX_LISTED]) + (f"; ... and {more} more" if more > 0 else "")
 
 
+def flax_layout_shapes(state_dict: Mapping[str, Any], variable_paths) -> dict[str, tuple]:
+    """{"params/stem_conv/kernel": shape in Flax layout, ...}: the shape of every array of
+    `state_dict`, keyed by the Flax variable path (among `variable_paths`, tuples as
+    `traverse_util.flatten_dict` gives) its name maps to, or by its own name when none does
+    (`*.num_batches_tracked` left out). Compare with `checkpoint.first_mismatch`."""
+    shapes, used = {}, set()
+    for path in variable_paths:
+        try:
+            key = torch_name(path)
+        except ValueError:
+            continue
+        if key in state_dict:
+            used.add(key)
+            shape = tuple(np.shape(state_dict[key]))
+            if path[-1] == "kernel" and len(shape) in _TO_FLAX_AXES:
+                shape = tuple(shape[a] for a in _TO_FLAX_AXES[len(shape)])
+            shapes["/".join(path)] = shape
+    for key, value in state_dict.items():
+        if key not in used and not key.endswith(IGNORED_SUFFIX):
+            shapes[key] = tuple(np.shape(value))
+    return shapes
+
+
 def torchvision_to_flax(state_dict: Mapping[str, Any], variables_template: Mapping[str, Any]
                         ) -> dict[str, dict]:
     """Fill the variable tree of `variables_template` from a torchvision `state_dict`.

@@ -96,7 +96,8 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
         return state if config.ema_decay is None else with_ema(state)
 
     init = jax.jit(initial_state, out_shardings=replicated)
-    step_fn = make_train_step(model, tx, schedule, config.label_smoothing)
+    frozen = optim.backbone_mask if config.optimizer.freeze_backbone else None
+    step_fn = make_train_step(model, tx, schedule, config.label_smoothing, frozen)
     if config.ema_decay is not None:
         step_fn = make_ema_step(step_fn, config.ema_decay)
     eval_fn = make_eval_step(model)

@@ -27,6 +27,7 @@ from resnet_jax.errors import (ConfigError, DamagedCheckpointError, EvalError,
                                IncompatibleCheckpointError, UnverifiedCheckpointError)
 from resnet_jax.evaluation import evaluate
 from resnet_jax.metric_writers import MetricWriter
+from resnet_jax.pretrained import Source, with_source_preprocessing
 from resnet_jax.restore import ExperimentCache, restore
 from resnet_jax.steps import ema_weights, has_ema
 
@@ -157,12 +158,14 @@ def _evaluate_step(session: _Session, ckpt: Checkpointer, step: int) -> dict:
 
 
 def _evaluate_torchvision(session: _Session) -> dict:
-    """Evaluate torchvision weights under the config the request names."""
+    """Evaluate torchvision weights under the config the request names, with torchvision's
+    preprocessing where it leaves that open (pretrained.with_source_preprocessing)."""
     from resnet_jax.convert import import_torchvision
     from resnet_jax.steps import TrainState
 
     request = session.request
-    config = resolve_config(request, None)
+    config, _ = with_source_preprocessing(resolve_config(request, None),
+                                          Source(request.torchvision_weights, "torchvision"))
     exp = session.experiments.get(config)
     try:
         _, variables = import_torchvision(config.model.name, request.torchvision_weights,

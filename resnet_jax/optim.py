@@ -8,6 +8,10 @@ Weight decay:
               before momentum (PyTorch's SGD weight_decay);
   "decoupled" wd * w added to the update after momentum, then scaled by the learning rate (SGDW).
 With `exclude_bn_and_bias`, only convolution and dense kernels decay.
+
+The backbone (every parameter but the classifier, "head"): `freeze_backbone` gives it no update
+and no optimizer state (a linear probe); `backbone_lr_multiplier` scales its updates, i.e. its
+learning rate (discriminative fine-tuning).
 """
 
 import jax
@@ -66,8 +70,17 @@ def weight_decay_mask(params) -> object:
         lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
+CLASSIFIER = "head"  # the top-level params module of every model's classifier (models/resnet.py)
+
+
+def backbone_mask(params) -> object:
+    """True for every parameter outside the classifier (the backbone), False for the classifier's."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[0].key != CLASSIFIER, params)
+
+
 def build_optimizer(optimizer_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """SGD with momentum (optionally Nesterov), weight decay, optional global-norm clipping."""
+    """SGD with momentum (optionally Nesterov), weight decay, optional global-norm clipping; the
+    backbone frozen or its learning rate multiplied (see the module docstring)."""
     c = optimizer_config
     mask = weight_decay_mask if c.exclude_bn_and_bias else None
     decay = optax.add_decayed_weights(c.weight_decay, mask) if c.weight_decay else optax.identity()
@@ -75,7 +88,14 @@ def build_optimizer(optimizer_config, schedule: optax.Schedule) -> optax.Gradien
     parts = [optax.clip_by_global_norm(c.grad_clip_norm)] if c.grad_clip_norm else []
     parts += [decay, momentum] if c.weight_decay_mode == "l2" else [momentum, decay]
     parts.append(optax.scale_by_learning_rate(schedule))
-    return optax.chain(*parts)
+    if c.backbone_lr_multiplier != 1:
+        parts.append(optax.masked(optax.scale(c.backbone_lr_multiplier), backbone_mask))
+    sgd = optax.chain(*parts)
+    if not c.freeze_backbone:
+        return sgd
+    return optax.multi_transform(
+        {"train": sgd, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda b: "frozen" if b else "train", backbone_mask(params)))
 
 
 def describe_schedule(schedule_config, steps_per_epoch: int, global_batch_size: int) -> str:
@@ -114,4 +134,8 @@ def describe_in_one_line(schedule_config, optimizer_config, global_batch_size: i
              f"{o.weight_decay:g} ({o.weight_decay_mode}{kernels_only})")
     if o.grad_clip_norm:
         line += f", gradients clipped to norm {o.grad_clip_norm:g}"
+    if o.freeze_backbone:
+        line += "; backbone frozen (a linear probe: only the classifier trains)"
+    elif o.backbone_lr_multiplier != 1:
+        line += f"; backbone lr x{o.backbone_lr_multiplier:g}"
     return line

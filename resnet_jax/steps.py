@@ -10,7 +10,7 @@ Every reduction over the batch is written over the global batch; under jit with 
 the mesh, XLA inserts the cross-device reductions, so the code is the same on 1 device or a pod.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax
 import flax.linen as nn
@@ -93,23 +93,38 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: flo
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, label_smoothing: float = 0.0) -> Callable:
+                    schedule: optax.Schedule, label_smoothing: float = 0.0,
+                    frozen: Optional[Callable[[Any], Any]] = None) -> Callable:
     """train_step(state, batch) -> (state, metrics); metrics are float32 scalars:
     loss (cross-entropy, without weight decay), top1, top5, lr, grad_norm; and "finite", a dict of
     bool scalars: whether the loss, the gradients, the new parameters and the new BatchNorm
-    statistics ("loss", "gradients", "parameters", "bn_statistics") are all finite."""
+    statistics ("loss", "gradients", "parameters", "bn_statistics") are all finite.
+
+    `frozen` (a linear probe): params -> tree of Python bools, True for the parameters that stay
+    exactly as they are (optim.backbone_mask). Then the forward pass runs BatchNorm in inference
+    mode, the statistics are left as they are, and no gradient flows into the frozen parameters."""
 
     def loss_fn(params, batch_stats, batch):
-        logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats},
-                                       batch["image"], train=True, mutable=["batch_stats"])
+        if frozen is None:
+            logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats},
+                                           batch["image"], train=True, mutable=["batch_stats"])
+            batch_stats = new_vars["batch_stats"]
+        else:
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params,
+                                  frozen(params))
+            logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                 train=False)
         loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-        return loss, (logits, new_vars["batch_stats"])
+        return loss, (logits, batch_stats)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if frozen is not None:  # the old leaves themselves: p + 0 would turn -0.0 into +0.0
+            params = jax.tree.map(lambda new, old, f: old if f else new, params, state.params,
+                                  frozen(params))
         metrics = {
             "loss": loss,
             "top1": jnp.mean(_topk_correct(logits, batch["label"], 1)),

@@ -46,10 +46,12 @@ def main(argv) -> None:
     if not FLAGS.dry_run and not FLAGS.workdir:
         raise UserError("--workdir is required (or use --dry_run)")
     parallel.initialize_from_flags()
-    from resnet_jax import console, plan, training
+    from resnet_jax import console, plan, pretrained, training
 
-    if FLAGS.dry_run:
-        print(console.dry_run_report(plan.plan_run(FLAGS.config)))
+    if FLAGS.dry_run:  # with the preprocessing an init_from source brings, as the run would
+        config, _ = pretrained.with_source_preprocessing(FLAGS.config,
+                                                         pretrained.open_source(FLAGS.config))
+        print(console.dry_run_report(plan.plan_run(config)))
         return
     training.train_and_evaluate(
         FLAGS.config, FLAGS.workdir, allow_unverified_checkpoint=FLAGS.allow_unverified_checkpoint,

@@ -2,9 +2,10 @@
 the periodic work (log, eval, checkpoint, stop requests) declared once as actions (actions.py).
 
 `train_and_evaluate(config, workdir)` trains, evaluates and checkpoints, and resumes by itself from the
-newest good checkpoint in `workdir/checkpoints`. The hot loop dispatches steps without waiting for
-the devices, `steps_per_dispatch` of them per dispatch where no action falls due inside; metrics
-stay on device until an action fetches them.
+newest good checkpoint in `workdir/checkpoints`; a run without one starts from the pretrained
+weights config.init_from names, if any (pretrained.py). The hot loop dispatches steps without
+waiting for the devices, `steps_per_dispatch` of them per dispatch where no action falls due
+inside; metrics stay on device until an action fetches them.
 """
 
 import contextlib
@@ -13,7 +14,7 @@ from typing import Optional
 
 import jax
 
-from resnet_jax import parallel, storage
+from resnet_jax import parallel, pretrained, storage
 from resnet_jax.actions import (Action, CheckStop, Evaluate, Profile, SaveCheckpoint, StopRequest,
                                 Tick, TrainLog, dispatch_length)
 from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
@@ -32,6 +33,8 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
     session's wall time split by phase ("time", phase_clock.PhaseClock.split). A run that is
     already complete prints its summary and returns at once."""
     clock = PhaseClock()
+    source = pretrained.open_source(config)
+    config, preprocessing = pretrained.with_source_preprocessing(config, source)
     exp = build_experiment(config, devices)
     is_main = jax.process_index() == 0
     if is_main:
@@ -44,6 +47,11 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
                         start_fresh_if_no_good_checkpoint)
     console = Console(exp.total_steps, start or 0)
     console.print(header(exp.plan, workdir, start))
+    if source is not None:
+        console.print(preprocessing)
+        if start is not None:
+            console.print("init:     config.init_from not loaded: the run resumes from its own "
+                          "checkpoint")
     if start is not None and start >= exp.total_steps:
         checkpointer.close()
         console.close()
@@ -51,8 +59,15 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
             workdir, start, exp, clock, checkpointer))
         return {"step": start, "preempted": False, "complete": True, "time": clock.split()}
     if start is None:
+        loaded = None
+        if source is not None:  # init_from applies only to a run without checkpoints of its own
+            with clock.phase("checkpoint"):
+                loaded = source.load(exp, config.init_head)
+            console.print(loaded.note)
         with clock.phase("compile"):  # the initialiser, compiled and run once
             state, start = exp.create_train_state(), 0
+        if loaded is not None:
+            state = loaded.into(state)
     else:
         with clock.phase("checkpoint"):
             restored = checkpointer.restore(start, exp.abstract_train_state(),

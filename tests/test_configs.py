@@ -15,7 +15,8 @@ from resnet_jax.models.summary import count_params, trace_model
 from resnet_jax.training import train_and_evaluate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10}
+# A folder's class count is its own; 37 (Oxford-IIIT Pets) stands for one.
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10, "folder": 37}
 
 # Trainable parameters (REFERENCE.md): CIFAR option A and torchvision's ImageNet models.
 REFERENCE_PARAMS = {
@@ -38,6 +39,8 @@ def arguments(file: str) -> list:
     module = load(file)
     if file == "cifar_preact.py":
         return [f"{m},{d}" for m in module.MODELS for d in module.DATASETS]
+    if file == "finetune.py":
+        return list(module.MODES)
     return list(getattr(module, "MODELS", [None]))
 
 

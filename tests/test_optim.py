@@ -175,3 +175,44 @@ def test_cosine_schedule_whose_warmup_is_the_whole_run():
     linear ramp 0 -> lr over the run's steps, no error."""
     c = schedule_config(name="cosine", unit="steps", length=10, warmup=10, base_lr=0.1)
     assert lrs(c, [0, 5, 9], batch=256) == pytest.approx([0.0, 0.05, 0.09])
+
+
+def _two_updates(**optimizer_fields):
+    """Two updates of {"conv": kernel 2, "head": bias 2} with gradients 1, L2 decay 0.5, momentum
+    0.9 and lr 0.1 (the numbers of _one_update), under `optimizer_fields`; the optimizer state."""
+    c = base_config().optimizer
+    c.weight_decay, c.momentum = 0.5, 0.9
+    c.update(optimizer_fields)
+    tx = optim.build_optimizer(c, optax.constant_schedule(0.1))
+    params = {"conv": {"kernel": jnp.array(2.0)}, "head": {"bias": jnp.array(2.0)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    u1, state = tx.update(grads, state, params)
+    u2, state = tx.update(grads, state, optax.apply_updates(params, u1))
+    return jax.tree.map(float, (u1, u2)), state
+
+
+def test_backbone_lr_multiplier_scales_every_update_but_the_classifiers():
+    (u1, u2), _ = _two_updates(backbone_lr_multiplier=0.1)
+    # head: as test_l2_weight_decay_enters_the_gradient_before_momentum, -0.2 then -0.37.
+    assert (u1["head"]["bias"], u2["head"]["bias"]) == (pytest.approx(-0.2), pytest.approx(-0.37))
+    # backbone at lr 0.01: -0.02; then w = 1.98, buf = 0.9 * 2 + (1 + 0.5 * 1.98) = 3.79 -> -0.0379
+    assert u1["conv"]["kernel"] == pytest.approx(-0.02)
+    assert u2["conv"]["kernel"] == pytest.approx(-0.0379)
+
+
+def test_frozen_backbone_gets_zero_updates_and_no_optimizer_state():
+    (u1, u2), state = _two_updates(freeze_backbone=True)
+    assert u1["conv"]["kernel"] == u2["conv"]["kernel"] == 0.0
+    assert (u1["head"]["bias"], u2["head"]["bias"]) == (pytest.approx(-0.2), pytest.approx(-0.37))
+    trace = state.inner_states["train"].inner_state[1].trace  # (decay, momentum, lr)
+    assert float(trace["head"]["bias"]) == pytest.approx(3.7)  # 0.9 * 2 + (1 + 0.5 * 1.8)
+    assert isinstance(trace["conv"]["kernel"], optax.MaskedNode)  # no buffer for the backbone
+
+
+def test_backbone_mask_is_everything_but_the_classifier():
+    params = {"stem_conv": {"kernel": 1}, "stage1_block1": {"bn1": {"scale": 2}},
+              "head": {"kernel": 3, "bias": 4}}
+    assert optim.backbone_mask(params) == {"stem_conv": {"kernel": True},
+                                           "stage1_block1": {"bn1": {"scale": True}},
+                                           "head": {"kernel": False, "bias": False}}

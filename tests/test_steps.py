@@ -266,3 +266,46 @@ def test_eval_step_normalises_with_the_running_statistics():
     logits = y.mean((1, 2)) @ np.asarray(p["head"]["kernel"]) + np.asarray(p["head"]["bias"])
     assert float(sums["loss"]) == pytest.approx(
         smoothed_cross_entropy(logits, labels, 0.0).sum(), rel=1e-5)
+
+
+def test_frozen_backbone_step_keeps_it_bitwise_and_trains_the_head_in_inference_mode():
+    """A linear-probe step (optim.backbone_mask frozen, L2 decay on): the BatchNorm scale and bias
+    (one of them -0.0) and running statistics come back bit for bit; the head takes
+    w - lr * (g + wd * w) with g from a numpy forward pass using the running statistics."""
+    from resnet_jax import optim
+    from resnet_jax.config import base_config
+
+    c = base_config().optimizer
+    c.momentum, c.weight_decay, c.freeze_backbone = 0.0, 0.01, True
+    tx = optim.build_optimizer(c, optax.constant_schedule(0.1))
+    model = TinyNet()
+    state = create_train_state(model, tx, (4, 4, 3), seed=0)
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(np.asarray, state.params)
+    params["bn"] = {"scale": np.array([1.5, -0.5, 2.0], np.float32),
+                    "bias": np.array([-0.0, 0.25, -1.0], np.float32)}
+    stats = {"bn": {"mean": np.array([0.5, -0.2, 0.1], np.float32),
+                    "var": np.array([2.0, 0.5, 1.5], np.float32)}}
+    state = state.replace(params=params, batch_stats=stats, opt_state=tx.init(params))
+    x = rng.normal(size=(4, 4, 4, 3)).astype(np.float32)
+    labels = np.array([0, 3, 3, 6], np.int32)
+    new_state, _ = jax.jit(make_train_step(model, tx, optax.constant_schedule(0.1),
+                                           frozen=optim.backbone_mask))(
+        state, {"image": x, "label": labels})
+
+    def bits(tree):  # uint32 patterns: -0.0 and +0.0 differ
+        return jax.tree.map(lambda a: np.asarray(a).view(np.uint32), tree)
+
+    jax.tree.map(np.testing.assert_array_equal, bits(new_state.params["bn"]), bits(params["bn"]))
+    jax.tree.map(np.testing.assert_array_equal, bits(new_state.batch_stats), bits(stats))
+    y = ((x - stats["bn"]["mean"]) / np.sqrt(stats["bn"]["var"] + 1e-5) * params["bn"]["scale"]
+         + params["bn"]["bias"]).astype(np.float64)
+    pooled = y.mean((1, 2))
+    logits = pooled @ params["head"]["kernel"] + params["head"]["bias"]
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    delta = (p - np.eye(7)[labels]) / len(labels)
+    for name, grad in (("kernel", pooled.T @ delta), ("bias", delta.sum(0))):
+        w = params["head"][name]
+        np.testing.assert_allclose(new_state.params["head"][name], w - 0.1 * (grad + 0.01 * w),
+                                   rtol=1e-5, atol=1e-7)

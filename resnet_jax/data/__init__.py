@@ -72,7 +72,7 @@ def validate_data_config(data_config, require_data: bool = True) -> None:
         return
     _check_choice(data_config, "train_augment", catalog.TRAIN_AUGMENTS, none_allowed=True)
     _check_choice(data_config, "eval_crop", catalog.EVAL_CROPS)
-    _check_choice(data_config, "normalization", catalog.NORMALIZATIONS)
+    _check_choice(data_config, "normalization", catalog.NORMALIZATIONS, none_allowed=True)
     _check_choice(data_config, "channels", (1, 3))
     resize = data_config.resize_size
     if resize is not None and resize < data_config.image_size:

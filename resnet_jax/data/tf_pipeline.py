@@ -173,7 +173,7 @@ def measure_statistics(source: Source, ranges: list[Range], data_config,
 def normalization_constants(source: Source, train_ranges: list[Range],
                             data_config) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of config.data.normalization: published statistics where the dataset has them
-    (ImageNet's for "torchvision"), else measured on the train split."""
+    (ImageNet's for "torchvision"), else measured on the train split; None is per_channel."""
     if data_config.normalization == "per_pixel_mean":
         return measure_statistics(source, train_ranges, data_config, per_pixel=True)
     published = (catalog.IMAGENET_MEAN_STD if data_config.normalization == "torchvision"
