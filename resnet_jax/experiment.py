@@ -73,6 +73,25 @@ class Experiment:
         return jax.eval_shape(self.init)
 
 
+def jit_init(model, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
+             seed: int, mesh: jax.sharding.Mesh) -> Callable[[], TrainState]:
+    """steps.create_train_state jitted with its output replicated on `mesh`."""
+    return jax.jit(functools.partial(create_train_state, model, tx, image_shape, seed),
+                   out_shardings=parallel.replicated(mesh))
+
+
+def jit_multi_step(config, model, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                   batch_from_feed: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """The jitted k-step train call: (state, device arrays, feeds [k, B]) -> (state, metrics [k]),
+    state donated and replicated, feeds split over the batch axis; `batch_from_feed` is the
+    pipeline's train_batch_from_feed."""
+    replicated = parallel.replicated(mesh)
+    step_fn = make_train_step(model, tx, schedule, config.label_smoothing)
+    return jax.jit(make_multi_step(step_fn, batch_from_feed),
+                   in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
 def build_experiment(config, devices=None, training: bool = True) -> Experiment:
     """Validate `config` against the devices present, then build model, data, optimizer and steps.
 
@@ -90,13 +109,9 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
                                             config.global_batch_size)
     tx = optim.build_optimizer(config.optimizer, schedule)
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    init = jax.jit(functools.partial(create_train_state, model, tx, pipeline.image_shape,
-                                     config.seed), out_shardings=replicated)
-    step_fn = make_train_step(model, tx, schedule, config.label_smoothing)
+    init = jit_init(model, tx, pipeline.image_shape, config.seed, mesh)
+    multi_step = jit_multi_step(config, model, tx, schedule, pipeline.train_batch_from_feed, mesh)
     eval_fn = make_eval_step(model)
-    multi_step = jax.jit(make_multi_step(step_fn, pipeline.train_batch_from_feed),
-                         in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
-                         out_shardings=(replicated, replicated), donate_argnums=(0,))
     eval_feed_step = jax.jit(
         lambda state, arrays, feed: eval_fn(state, pipeline.eval_batch_from_feed(arrays, feed)),
         in_shardings=(replicated, replicated, batch), out_shardings=replicated)

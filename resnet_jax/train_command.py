@@ -46,10 +46,12 @@ def main(argv) -> None:
     if not FLAGS.dry_run and not FLAGS.workdir:
         raise UserError("--workdir is required (or use --dry_run)")
     parallel.initialize_from_flags()
-    from resnet_jax import console, plan, training
+    from resnet_jax import compiled_memory, console, plan, training
 
     if FLAGS.dry_run:
-        print(console.dry_run_report(plan.plan_run(FLAGS.config)))
+        run_plan = plan.plan_run(FLAGS.config)
+        memory = compiled_memory.planned_train_step_memory(FLAGS.config, run_plan)
+        print(console.dry_run_report(run_plan, memory))
         return
     training.train_and_evaluate(
         FLAGS.config, FLAGS.workdir, allow_unverified_checkpoint=FLAGS.allow_unverified_checkpoint,
