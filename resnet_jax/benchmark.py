@@ -264,6 +264,8 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
                          flops[mode], compile_s, timed, peak_memory(devices))
         row["xla_temp_bytes_per_device"] = getattr(compiled.memory_analysis(),
                                                    "temp_size_in_bytes", None)
+        memory = compiled_memory.of_compiled(compiled)
+        row["xla_memory_per_device"] = memory.as_dict() if memory else None
         rows.append(row)
     return rows
 
