@@ -43,6 +43,7 @@ import jax
 from absl import flags
 
 from resnet_jax import benchmark, cli, storage
+from resnet_jax.compiled_memory import format_bytes
 from resnet_jax.errors import FlagError
 from resnet_jax.loop_benchmark import run_config
 
@@ -168,9 +169,8 @@ def loop(sizes: Sizes, report: dict) -> dict:
     c.data.num_eval_examples = c.global_batch_size
     c.data.placement = "device"
     c.schedule.length = float(sizes.loop_steps)
-    c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = sizes.loop_steps
-    if sizes.loop_steps >= 200:
-        c.log_every_steps = 100  # the first window, which includes no compile, then two more
+    c.eval_every_steps = c.checkpoint_every_steps = sizes.loop_steps
+    c.log_every_steps = min(100, sizes.loop_steps)
     result = run_config(c)
     images = result["steps_per_s"] * c.global_batch_size if result["steps_per_s"] else None
     rows = report["sections"].get("steps", {}).get("figures", {}).get("rows", [])
@@ -285,8 +285,8 @@ def _fmt(value: Optional[float], spec: str, scale: float = 1.0) -> str:
     return "-" if value is None else format(value * scale, spec)
 
 
-def _gib(n: Optional[int]) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+def _bytes(n: Optional[int]) -> str:
+    return "-" if n is None else format_bytes(n)
 
 
 def _ratio(ours: Optional[float], theirs: Optional[float]) -> str:
@@ -306,7 +306,7 @@ def format_markdown(report: dict) -> str:
     if env:
         row("environment", "devices", f"{env['device_count']} x {env['device_kind']} "
             f"({env['backend']})")
-        row("environment", "memory per device", _gib((env["device_memory_bytes"] or [None])[0]))
+        row("environment", "memory per device", _bytes((env["device_memory_bytes"] or [None])[0]))
         row("environment", "versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
         row("environment", "driver; XLA_FLAGS", f"{env['driver'] or '-'}; "
             f"{env['xla_flags'] or '-'}")
@@ -316,15 +316,15 @@ def format_markdown(report: dict) -> str:
         t = torch_rows.get((r["mode"], r["per_device_batch"]), {})
         what = f"{r['mode']} {r['per_device_batch']}/device"
         memory = (r.get("xla_memory_per_device") or {}).get("total_bytes")
-        row("steps", f"{what}: images/s", _fmt(r["images_per_sec"], ",.0f"),
-            _fmt(t.get("images_per_sec"), ",.0f"),
-            _ratio(r["images_per_sec"], t.get("images_per_sec")))
+        row("steps", f"{what}: images/s per device", _fmt(r["images_per_sec_per_device"], ",.0f"),
+            _fmt(t.get("images_per_sec"), ",.0f"),  # the reference runs on one GPU
+            _ratio(r["images_per_sec_per_device"], t.get("images_per_sec")))
         row("steps", f"{what}: ms/step (± spread)",
             f"{1e3 * r['step_time_mean_s']:.2f} ± {1e3 * r['step_time_std_s']:.2f}",
             f"{1e3 * t['step_time_mean_s']:.2f} ± {1e3 * t['step_time_std_s']:.2f}" if t else "")
         row("steps", f"{what}: compile s", f"{r['compile_s']:.1f}", _fmt(t.get("compile_s"), ".1f"))
-        row("steps", f"{what}: peak memory; XLA compiled", f"{_gib(r['peak_memory_bytes'])}; "
-            f"{_gib(memory)}", _gib(t.get("peak_memory_bytes")) if t else "")
+        row("steps", f"{what}: peak memory; XLA compiled", f"{_bytes(r['peak_memory_bytes'])}; "
+            f"{_bytes(memory)}", _bytes(t.get("peak_memory_bytes")) if t else "")
         row("steps", f"{what}: MFU", _fmt(r["mfu"], ".1%"), _fmt(t.get("mfu"), ".1%"))
     if figures.get("loop"):
         f = figures["loop"]
