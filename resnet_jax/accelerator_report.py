@@ -69,7 +69,7 @@ class Sizes:
     windows: int
     loop_model: str  # configs/synthetic_benchmark.py's argument
     loop_image_size: Optional[int]  # None: the config's own
-    loop_per_device_batch: Optional[int]
+    loop_per_device_batch: int
     loop_steps: int
     cifar_batch: int
     cifar_image_size: int
@@ -79,13 +79,18 @@ class Sizes:
     pipeline_args: tuple[str, ...]
 
 
-FULL = Sizes("resnet50", 224, "bfloat16", (256, 128), 50, 5, 5, "resnet50", None, 256, 300,
-             128, 32, 2_000, (1, 20), None,
-             ("--source", "tfds", "--num_images", "2048", "--batch_size", "64"))
-SMOKE = Sizes("cifar_resnet20", 8, "float32", (8, 4), 2, 1, 2, "cifar_resnet20", 8, 8, 4,
-              8, 8, 4, (1, 2), 4,
-              ("--source", "folder", "--num_images", "48", "--num_eval_images", "24",
-               "--batch_size", "8", "--image_size", "32", "--warmup", "1", "--shuffle_buffer", "0"))
+FULL = Sizes(model="resnet50", image_size=224, dtype="bfloat16", per_device_batches=(256, 128),
+             steps=50, warmup=5, windows=5, loop_model="resnet50", loop_image_size=None,
+             loop_per_device_batch=256, loop_steps=300, cifar_batch=128, cifar_image_size=32,
+             cifar_steps=2_000, cifar_dispatches=(1, 20), digits_steps=None,
+             pipeline_args=("--source", "tfds", "--num_images", "2048", "--batch_size", "64"))
+SMOKE = Sizes(model="cifar_resnet20", image_size=8, dtype="float32", per_device_batches=(8, 4),
+              steps=2, warmup=1, windows=2, loop_model="cifar_resnet20", loop_image_size=8,
+              loop_per_device_batch=8, loop_steps=4, cifar_batch=8, cifar_image_size=8,
+              cifar_steps=4, cifar_dispatches=(1, 2), digits_steps=4,
+              pipeline_args=("--source", "folder", "--num_images", "48", "--num_eval_images",
+                             "24", "--batch_size", "8", "--image_size", "32", "--warmup", "1",
+                             "--shuffle_buffer", "0"))
 # Estimated seconds per section (full, smoke): one H200 for the full run, the guesses from
 # compile and step times measured elsewhere; two shared CPU cores for --smoke.
 SECTION_SECONDS = {"environment": (5, 2), "steps": (130, 25), "torch": (170, 5),
@@ -124,8 +129,9 @@ def environment(sizes: Sizes, report: dict) -> dict:
             pass
     driver = None
     if shutil.which("nvidia-smi"):
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30).stdout.strip() or None
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        driver = subprocess.run(query, capture_output=True, text=True,
+                                timeout=30).stdout.strip() or None
     return {**benchmark.machine(), "device_count": jax.device_count(),
             "device_memory_bytes": memory, "driver": driver, "versions": versions}
 
@@ -146,7 +152,7 @@ def steps(sizes: Sizes, report: dict) -> dict:
 def pytorch(sizes: Sizes, report: dict) -> dict:
     if not installed("torch"):
         raise Skip("torch is not installed")
-    if jax.default_backend() != "gpu":
+    if jax.default_backend() not in ("gpu", "cuda"):
         raise Skip(f"no GPU (JAX's backend is {jax.default_backend()})")
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "torch.json")
@@ -294,7 +300,8 @@ def _ratio(ours: Optional[float], theirs: Optional[float]) -> str:
 
 
 def format_markdown(report: dict) -> str:
-    """One table of every figure (ours, PyTorch's, ours / PyTorch), then what was skipped or failed."""
+    """One table of every figure (ours, PyTorch's, ours / PyTorch), then what was skipped or
+    failed."""
     sections = report["sections"]
     figures = {name: s.get("figures") or {} for name, s in sections.items()}
     env = figures.get("environment", {})

@@ -1,4 +1,5 @@
-"""XLA's compiled memory of the train step: what the header and --dry_run print, by compiling only."""
+"""XLA's compiled memory of the train step, by compiling only: what the header and --dry_run
+print."""
 
 from itertools import islice
 
