@@ -2,6 +2,11 @@
 
     python -m resnet_jax.benchmark --model resnet50 --batch_size 256 --image_size 224 \
         --dtype bfloat16 --steps 50 --warmup 5 [--steps_per_dispatch 10] --json bench.json
+    python -m resnet_jax.benchmark --model resnet50 --dtype bfloat16 --max_batch --memory_gib 80
+
+With --max_batch nothing runs: the largest per-device batch (a multiple of MAX_BATCH_STEP) whose
+train step, compiled for --devices on a host feed, fits --memory_gib GiB per device in XLA's
+memory analysis (compiled_memory; doubling, then bisection), and the first size that does not.
 
 The functions measured are those training and evaluation dispatch: `experiment.build_experiment`
 builds them from a config whose only changes from `base_config()` are the model, batch, image size,
@@ -43,7 +48,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from resnet_jax import cli, experiment, parallel, plan
+from resnet_jax import cli, compiled_memory, experiment, parallel, plan
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.data.base import stack_feeds
 from resnet_jax.errors import ConfigError, FlagError
@@ -51,6 +56,7 @@ from resnet_jax.models.registry import DTYPES, get_spec
 from resnet_jax.models.summary import count_params
 
 MODES = ("train", "eval", "both")
+MAX_BATCH_STEP = 8  # --max_batch searches per-device batches in multiples of this
 # The flag behind each config field that experiment_config sets from the options ("model": the
 # model's name; "model.<option>": an option of the model).
 FLAG_OF_FIELD = {"seed": "seed", "global_batch_size": "batch_size", "eval_batch_size": "batch_size",
@@ -258,8 +264,46 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
                          flops[mode], compile_s, timed, peak_memory(devices))
         row["xla_temp_bytes_per_device"] = getattr(compiled.memory_analysis(),
                                                    "temp_size_in_bytes", None)
+        memory = compiled_memory.of_compiled(compiled)
+        row["xla_memory_per_device"] = memory.as_dict() if memory else None
         rows.append(row)
     return rows
+
+
+def train_step_memory(opts: Options, per_device_batch: int,
+                      devices: list) -> compiled_memory.CompiledMemory:
+    """XLA's memory per device of the train step at `per_device_batch` on `devices`, on a host
+    feed, by compiling only; `opts` must be resolved()."""
+    config = experiment_config(opts, per_device_batch * len(devices))
+    config.data.placement = "host"
+    run_plan = plan.plan_run(config, device_count=len(devices))
+    return compiled_memory.planned_train_step_memory(config, run_plan, devices)
+
+
+def max_batch(opts: Options, memory_bytes: int, devices: list) -> dict[str, Any]:
+    """The largest per-device batch, a multiple of MAX_BATCH_STEP, whose compiled train step needs
+    at most `memory_bytes` per device: doubling from MAX_BATCH_STEP until one does not fit, then
+    bisection. {"per_device_batch" (None if even MAX_BATCH_STEP does not fit),
+    "first_not_fitting", "memory_gib", "compiled": {batch: total bytes}, ...}."""
+    compiled: dict[int, int] = {}
+
+    def fits(batch: int) -> bool:
+        print(f"[benchmark] {opts.model} per-device batch {batch}: compiling", file=sys.stderr,
+              flush=True)
+        compiled[batch] = train_step_memory(opts, batch, devices).total_bytes
+        return compiled[batch] <= memory_bytes
+
+    low, high = 0, MAX_BATCH_STEP  # low fits (0: nothing yet), high is the next to try
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > MAX_BATCH_STEP:
+        middle = (low + high) // 2 // MAX_BATCH_STEP * MAX_BATCH_STEP
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return {"model": opts.model, "dtype": opts.dtype, "image_size": opts.image_size,
+            "devices": len(devices), "memory_gib": memory_bytes / 2**30,
+            "per_device_batch": low or None, "first_not_fitting": high,
+            "compiled_bytes": {str(b): compiled[b] for b in sorted(compiled)},
+            "machine": machine()}
 
 
 def cpu_model() -> str:
@@ -335,6 +379,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps_per_dispatch", 1, "Train steps per dispatch (one compiled call); "
                          "a step's time is the dispatch's over this count.")
     flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+    flags.DEFINE_bool("max_batch", False, "Run nothing: find the largest per-device batch (a "
+                      f"multiple of {MAX_BATCH_STEP}) whose compiled train step fits "
+                      "--memory_gib.")
+    flags.DEFINE_float("memory_gib", None, "GiB per device for --max_batch.")
 
 
 def options_from_flags() -> tuple[Options, Optional[str]]:
@@ -358,9 +406,36 @@ def report(result: dict[str, Any], json_path: Optional[str]) -> None:
             json.dump(result, f, indent=2)
 
 
+def run_max_batch(opts: Options, memory_gib: Optional[float]) -> dict[str, Any]:
+    """Validate, then max_batch for `memory_gib` GiB per device on the --devices."""
+    if memory_gib is None or memory_gib <= 0:
+        raise FlagError(f"--memory_gib={memory_gib}: --max_batch needs a positive number of GiB")
+    validate(opts, jax.local_device_count())
+    opts = resolved(opts)
+    return max_batch(opts, int(memory_gib * 2**30), jax.local_devices()[:opts.devices or None])
+
+
+def format_max_batch(result: dict[str, Any]) -> str:
+    r = result
+    fits = (f"per-device batch {r['per_device_batch']} fits" if r["per_device_batch"]
+            else "no per-device batch fits")
+    return (f"{r['model']} {r['dtype']} {r['image_size']}x{r['image_size']} on {r['devices']} x "
+            f"{r['machine']['device_kind']}, {r['memory_gib']:.2f} GiB per device: {fits}; "
+            f"{r['first_not_fitting']} does not (compiled train step: "
+            + ", ".join(f"{b}: {compiled_memory.format_bytes(n)}"
+                        for b, n in r["compiled_bytes"].items()) + ")")
+
+
 def main(argv) -> None:
     del argv
     opts, json_path = options_from_flags()
+    if flags.FLAGS.max_batch:
+        result = run_max_batch(opts, flags.FLAGS.memory_gib)
+        print(format_max_batch(result))
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(result, f, indent=2)
+        return
     report(run(opts), json_path)
 
 

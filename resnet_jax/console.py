@@ -10,11 +10,14 @@ import jax
 from tqdm import tqdm
 
 from resnet_jax import optim
+from resnet_jax.compiled_memory import CompiledMemory
 from resnet_jax.plan import RunPlan
 
 
-def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int]) -> str:
-    """The start-up header: model, devices, batch, data, length, schedule, workdir, resumption."""
+def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int],
+           memory: Optional[CompiledMemory] = None, memory_of: str = "train step") -> str:
+    """The start-up header: model, devices, batch, data, length, schedule, XLA's compiled memory of
+    `memory_of` (when `memory` is given), workdir, resumption."""
     c, d = plan.config, plan.data
     size, _, channels = d.image_shape
     per_process = plan.device_count // plan.process_count
@@ -37,16 +40,18 @@ def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int]) ->
         f"length:   {plan.total_steps:,} steps = {plan.total_steps / plan.steps_per_epoch:,.2f} "
         f"epochs of {plan.steps_per_epoch:,} steps",
         f"schedule: {optim.describe_in_one_line(c.schedule, c.optimizer, c.global_batch_size)}",
+        *([f"memory:   {memory_of}, XLA compiled: {memory.describe()}"] if memory else []),
         where,
     ])
 
 
-def dry_run_report(plan: RunPlan) -> str:
-    """--dry_run: the resolved config, the header, the model summary and the schedule."""
+def dry_run_report(plan: RunPlan, memory: Optional[CompiledMemory] = None) -> str:
+    """--dry_run: the resolved config, the header (with `memory`, the train step's on a host feed:
+    compiled_memory.planned_train_step_memory), the model summary and the schedule."""
     c = plan.config
     return "\n\n".join([
         "Resolved config:\n" + str(c),
-        header(plan, None, None),
+        header(plan, None, None, memory, memory_of="train step on a host feed of float32 images"),
         "Model:\n" + plan.model.format(),
         "Schedule:\n" + optim.describe_schedule(c.schedule, plan.steps_per_epoch,
                                                 c.global_batch_size),

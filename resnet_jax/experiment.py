@@ -73,6 +73,34 @@ class Experiment:
         return jax.eval_shape(self.init)
 
 
+def jit_init(config, model, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
+             mesh: jax.sharding.Mesh) -> Callable[[], TrainState]:
+    """steps.create_train_state from config.seed, with its EMA when config.ema_decay is set,
+    jitted with its output replicated on `mesh`."""
+
+    def initial_state() -> TrainState:
+        state = create_train_state(model, tx, image_shape, config.seed)
+        return state if config.ema_decay is None else with_ema(state)
+
+    return jax.jit(initial_state, out_shardings=parallel.replicated(mesh))
+
+
+def jit_multi_step(config, model, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                   batch_from_feed: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """The jitted k-step train call: (state, device arrays, feeds [k, B]) -> (state, metrics [k]),
+    state donated and replicated, feeds split over the batch axis; `batch_from_feed` is the
+    pipeline's train_batch_from_feed. The step freezes the backbone (config.optimizer.
+    freeze_backbone) and updates the EMA (config.ema_decay) as the config says."""
+    replicated = parallel.replicated(mesh)
+    frozen = optim.backbone_mask if config.optimizer.freeze_backbone else None
+    step_fn = make_train_step(model, tx, schedule, config.label_smoothing, frozen)
+    if config.ema_decay is not None:
+        step_fn = make_ema_step(step_fn, config.ema_decay)
+    return jax.jit(make_multi_step(step_fn, batch_from_feed),
+                   in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
 def build_experiment(config, devices=None, training: bool = True) -> Experiment:
     """Validate `config` against the devices present, then build model, data, optimizer and steps.
 
@@ -90,20 +118,9 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
                                             config.global_batch_size)
     tx = optim.build_optimizer(config.optimizer, schedule)
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-
-    def initial_state() -> TrainState:
-        state = create_train_state(model, tx, pipeline.image_shape, config.seed)
-        return state if config.ema_decay is None else with_ema(state)
-
-    init = jax.jit(initial_state, out_shardings=replicated)
-    frozen = optim.backbone_mask if config.optimizer.freeze_backbone else None
-    step_fn = make_train_step(model, tx, schedule, config.label_smoothing, frozen)
-    if config.ema_decay is not None:
-        step_fn = make_ema_step(step_fn, config.ema_decay)
+    init = jit_init(config, model, tx, pipeline.image_shape, mesh)
+    multi_step = jit_multi_step(config, model, tx, schedule, pipeline.train_batch_from_feed, mesh)
     eval_fn = make_eval_step(model)
-    multi_step = jax.jit(make_multi_step(step_fn, pipeline.train_batch_from_feed),
-                         in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
-                         out_shardings=(replicated, replicated), donate_argnums=(0,))
     eval_feed_step = jax.jit(
         lambda state, arrays, feed: eval_fn(state, pipeline.eval_batch_from_feed(arrays, feed)),
         in_shardings=(replicated, replicated, batch), out_shardings=replicated)

@@ -56,14 +56,21 @@ def run_variant(config, variant: Variant) -> dict[str, Any]:
     config = config.copy_and_resolve_references()
     config.data.placement = variant.placement
     config.steps_per_dispatch = variant.steps_per_dispatch
+    return {"variant": variant.name, **run_config(config)}
+
+
+def run_config(config) -> dict[str, Any]:
+    """Train `config` as train.py would in a temporary workdir: {"wall_s", "steps_per_s" (steady
+    state: the log windows' mean step time; None without a log window), "steps", "eval_top1"
+    (None without an evaluation)}."""
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
         result = train_and_evaluate(config, workdir)
         wall = time.perf_counter() - start
         step_times = [r["step_time"] for r in read_metrics(workdir, "train") if "step_time" in r]
-    return {"variant": variant.name, "wall_s": wall,
+    return {"wall_s": wall,
             "steps_per_s": 1.0 / float(np.mean(step_times)) if step_times else None,
-            "steps": result["step"], "eval_top1": result["eval"]["top1"]}
+            "steps": result["step"], "eval_top1": result.get("eval", {}).get("top1")}
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -75,7 +82,8 @@ def format_rows(rows: list[dict]) -> str:
         ratio = speed / base["steps_per_s"] if speed and base["steps_per_s"] else float("nan")
         lines.append(f"{r['variant']:>12} {r['steps']:>6} {r['wall_s']:>8.1f} "
                      f"{base['wall_s'] / r['wall_s']:>7.2f} {speed or float('nan'):>8.2f} "
-                     f"{ratio:>9.2f} {100 * r['eval_top1']:>8.2f}%")
+                     f"{ratio:>9.2f} " + (f"{100 * r['eval_top1']:>8.2f}%" if r["eval_top1"]
+                                          is not None else f"{'-':>9}"))
     return "\n".join(lines)
 
 

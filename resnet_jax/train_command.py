@@ -46,12 +46,14 @@ def main(argv) -> None:
     if not FLAGS.dry_run and not FLAGS.workdir:
         raise UserError("--workdir is required (or use --dry_run)")
     parallel.initialize_from_flags()
-    from resnet_jax import console, plan, pretrained, training
+    from resnet_jax import compiled_memory, console, plan, pretrained, training
 
     if FLAGS.dry_run:  # with the preprocessing an init_from source brings, as the run would
         config, _ = pretrained.with_source_preprocessing(FLAGS.config,
                                                          pretrained.open_source(FLAGS.config))
-        print(console.dry_run_report(plan.plan_run(config)))
+        run_plan = plan.plan_run(config)
+        memory = compiled_memory.planned_train_step_memory(config, run_plan)
+        print(console.dry_run_report(run_plan, memory))
         return
     training.train_and_evaluate(
         FLAGS.config, FLAGS.workdir, allow_unverified_checkpoint=FLAGS.allow_unverified_checkpoint,

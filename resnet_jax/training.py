@@ -18,6 +18,7 @@ from resnet_jax import parallel, pretrained, storage
 from resnet_jax.actions import (Action, CheckStop, Evaluate, Profile, SaveCheckpoint, StopRequest,
                                 Tick, TrainLog, dispatch_length)
 from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
+from resnet_jax.compiled_memory import train_step_memory
 from resnet_jax.console import Console, final_summary, header
 from resnet_jax.data.base import stack_feeds
 from resnet_jax.experiment import Experiment, build_experiment
@@ -46,13 +47,18 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
     start = resume_step(checkpointer, allow_unverified_checkpoint,
                         start_fresh_if_no_good_checkpoint)
     console = Console(exp.total_steps, start or 0)
-    console.print(header(exp.plan, workdir, start))
+    complete = start is not None and start >= exp.total_steps
+    memory = None
+    if not complete:
+        with clock.phase("compile"):  # jit's cache keeps it for the first full dispatch
+            memory = train_step_memory(exp)
+    console.print(header(exp.plan, workdir, start, memory))
     if source is not None:
         console.print(preprocessing)
         if start is not None:
             console.print("init:     config.init_from not loaded: the run resumes from its own "
                           "checkpoint")
-    if start is not None and start >= exp.total_steps:
+    if complete:
         checkpointer.close()
         console.close()
         console.print(f"{workdir} is complete: nothing to train.\n" + _summary(

@@ -220,3 +220,41 @@ def test_torch_reference_json_names_the_cpu_beside_the_gpu():
     machine = torch_reference._machine(fake_torch)
     assert machine["cpu"] == found[1] == benchmark.cpu_model()
     assert machine["device_kind"] == "NVIDIA X100"
+
+
+def test_max_batch_returns_a_batch_that_fits_and_the_next_that_does_not():
+    import jax
+
+    from resnet_jax.compiled_memory import planned_train_step_memory
+    from resnet_jax.plan import plan_run
+
+    opts = benchmark.resolved(benchmark.Options(model="cifar_resnet20", image_size=8))
+    devices = jax.local_devices()[:1]
+
+    def measured(batch: int) -> int:  # compiled here, independently of the search
+        config = benchmark.experiment_config(opts, batch)
+        config.data.placement = "host"
+        return planned_train_step_memory(config, plan_run(config, 1), devices).total_bytes
+
+    step = benchmark.MAX_BATCH_STEP
+    fitting, too_large = measured(step), measured(2 * step)
+    assert fitting < too_large
+    result = benchmark.max_batch(opts, (fitting + too_large) // 2, devices)
+    assert (result["per_device_batch"], result["first_not_fitting"]) == (step, 2 * step)
+    assert result["compiled_bytes"] == {str(step): fitting, str(2 * step): too_large}
+
+
+def test_max_batch_bisects_between_the_last_fitting_double_and_the_first_too_large(monkeypatch):
+    sizes = []
+
+    def fake_memory(opts, batch, devices):
+        sizes.append(batch)
+        return types.SimpleNamespace(total_bytes=1000 * batch)
+
+    monkeypatch.setattr(benchmark, "train_step_memory", fake_memory)
+    monkeypatch.setattr(benchmark, "machine", dict)
+    opts = benchmark.resolved(benchmark.Options(model="cifar_resnet20"))
+    result = benchmark.max_batch(opts, 44_999, devices=[None])
+    assert sizes == [8, 16, 32, 64, 48, 40]
+    assert (result["per_device_batch"], result["first_not_fitting"]) == (40, 48)
+    assert benchmark.max_batch(opts, 7_999, devices=[None])["per_device_batch"] is None

@@ -107,6 +107,13 @@ class DataPlan:
     origin: str  # where the sizes come from, for the reader of a plan
 
 
+def host_feed_spec(batch_size: int, image_shape: tuple[int, int, int]
+                   ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{key: (shape, dtype)} of a host pipeline's train batch of `batch_size` rows."""
+    return {"image": ((batch_size, *image_shape), np.dtype(np.float32)),
+            "label": ((batch_size,), np.dtype(np.int32))}
+
+
 class Pipeline(abc.ABC):
     """A dataset's train and eval streams for one process (see the module docstring)."""
 
@@ -145,6 +152,10 @@ class Pipeline(abc.ABC):
     def eval_feed(self) -> Iterator[Batch]:
         """Host-local feeds of the eval batches (see eval_batches)."""
         return self.eval_batches()
+
+    def train_feed_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """{key: (shape, dtype)} of one train feed, host-local, known without reading data."""
+        return host_feed_spec(self.hosts.local_batch_size, self.image_shape)
 
     @staticmethod
     def train_batch_from_feed(arrays, feed, step):

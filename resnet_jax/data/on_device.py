@@ -105,6 +105,9 @@ class DevicePipeline(Pipeline):
             yield {"index": self.global_indices(step)[rows]}
             step += 1
 
+    def train_feed_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {"index": ((self.hosts.local_batch_size,), np.dtype(np.int32))}
+
     def eval_feed(self) -> Iterator[Batch]:
         size, n = self.hosts.eval_batch_size, self.num_eval_examples
         local = self.hosts.local_eval_batch_size
