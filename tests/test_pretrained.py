@@ -51,11 +51,16 @@ def fine_tune_config(init_from, **fields):
 
 
 def loaded_state(config):
-    """The train state a run of `config` starts from, and the header's init line."""
+    """The train state a run of `config` starts from, and the header's init line; with an EMA
+    (config.ema_decay), the EMA starts at the loaded weights."""
     exp = build_experiment(config)
     loaded = open_source(config).load(exp, config.init_head)
     state = loaded.into(exp.create_train_state())
-    return exp, jax.tree.map(np.asarray, (state.params, state.batch_stats)), loaded.note
+    weights = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+    if config.ema_decay is not None:
+        ema = jax.tree.map(np.asarray, (state.ema["params"], state.ema["batch_stats"]))
+        jax.tree.map(np.testing.assert_array_equal, bits(ema), bits(weights))
+    return exp, weights, loaded.note
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def torchvision_file(source, tmp_path_factory):
 
 def test_fine_tune_into_another_class_count_reinitialises_the_head_only(source):
     workdir, params, batch_stats = source
-    config = fine_tune_config(workdir)
+    config = fine_tune_config(workdir, ema_decay=0.9)
     exp, (got_params, got_stats), note = loaded_state(config)
     jax.tree.map(np.testing.assert_array_equal, bits(without_head(got_params)),
                  bits(without_head(params)))
