@@ -92,7 +92,8 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     init = jax.jit(functools.partial(create_train_state, model, tx, pipeline.image_shape,
                                      config.seed), out_shardings=replicated)
-    step_fn = make_train_step(model, tx, schedule, config.label_smoothing)
+    step_fn = make_train_step(model, tx, schedule, config.label_smoothing,
+                              config.accumulation_steps, batch_shards=mesh.size)
     eval_fn = make_eval_step(model)
     multi_step = jax.jit(make_multi_step(step_fn, pipeline.train_batch_from_feed),
                          in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
