@@ -5,7 +5,8 @@
 
 The functions measured are those training and evaluation dispatch: `experiment.build_experiment`
 builds them from a config whose only changes from `base_config()` are the model, batch, image size,
-dtype, BatchNorm grouping and steps per dispatch given here, on the synthetic dataset held on the
+dtype, BatchNorm grouping, rematerialisation, micro-batches per step and steps per dispatch given
+here, on the synthetic dataset held on the
 devices (config.data.placement "device"; one batch of examples in each split). Train:
 `Experiment.multi_step` (state donated), `steps_per_dispatch` steps per call on a feed of
 [steps_per_dispatch, B] train indices, each step gathering and augmenting its batch on the devices
@@ -57,12 +58,14 @@ FLAG_OF_FIELD = {"seed": "seed", "global_batch_size": "batch_size", "eval_batch_
                  "data.num_train_examples": "batch_size", "data.num_eval_examples": "batch_size",
                  "model": "model", "model.dtype": "dtype", "model.bn_group_size": "bn_group_size",
                  "data.image_size": "image_size", "data.num_classes": "num_classes",
-                 "steps_per_dispatch": "steps_per_dispatch"}
+                 "steps_per_dispatch": "steps_per_dispatch", "model.remat": "remat",
+                 "accumulation_steps": "accumulation_steps"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What to measure. batch_sizes are global (split over the devices), one run per entry."""
+    """What to measure. batch_sizes are global (split over the devices), one run per entry, and
+    per entry of remat (model.remat off and/or on, run one after the other)."""
 
     model: str
     batch_sizes: tuple[int, ...] = (128,)
@@ -77,6 +80,8 @@ class Options:
     num_classes: Optional[int] = None  # default: the model's own (1000 ImageNet, 10 CIFAR)
     seed: int = 0
     steps_per_dispatch: int = 1  # train steps per call of multi_step
+    remat: tuple[bool, ...] = (False,)
+    accumulation_steps: int = 1  # micro-batches per train step
 
 
 def validate(opts: Options, available_devices: int) -> None:
@@ -103,10 +108,12 @@ def validate(opts: Options, available_devices: int) -> None:
                         f"gives N)")
     if not opts.batch_sizes:
         raise FlagError("--batch_size needs at least one size")
+    if not opts.remat:
+        raise FlagError("--remat needs at least one of false, true")
     opts = resolved(opts)
     for batch in opts.batch_sizes:
         try:
-            validate_config(experiment_config(opts, batch), device_count=count)
+            validate_config(experiment_config(opts, batch, opts.remat[0]), device_count=count)
         except ConfigError as e:
             flag = flag_of(str(e))
             value = batch if flag == "batch_size" else getattr(opts, flag)
@@ -134,14 +141,17 @@ def resolved(opts: Options) -> Options:
                                         if getattr(opts, name) is None})
 
 
-def experiment_config(opts: Options, batch_size: int):
+def experiment_config(opts: Options, batch_size: int, remat: bool = False):
     """base_config() on the synthetic dataset, held on the devices with one batch of examples in
-    each split, with this model, batch, image size, dtype and steps per dispatch."""
+    each split, with this model, batch, image size, dtype, rematerialisation, micro-batches and
+    steps per dispatch."""
     c = base_config()
     c.seed = opts.seed
     c.model.name = opts.model
     c.model.dtype = opts.dtype
     c.model.bn_group_size = opts.bn_group_size
+    c.model.remat = remat
+    c.accumulation_steps = opts.accumulation_steps
     c.global_batch_size = c.eval_batch_size = batch_size
     c.steps_per_dispatch = opts.steps_per_dispatch
     c.data.dataset = "synthetic"
@@ -225,10 +235,11 @@ class _TrainDispatches:
         return metrics
 
 
-def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[str, Any]]:
-    """Result rows (train, then eval, as opts.mode asks) for one global batch size on `devices`;
-    `opts` must be resolved()."""
-    exp = experiment.build_experiment(experiment_config(opts, batch_size), devices)
+def benchmark_batch(opts: Options, batch_size: int, devices: list,
+                    remat: bool = False) -> list[dict[str, Any]]:
+    """Result rows (train, then eval, as opts.mode asks) for one global batch size on `devices`,
+    with model.remat = `remat`; `opts` must be resolved()."""
+    exp = experiment.build_experiment(experiment_config(opts, batch_size, remat), devices)
     state = exp.create_train_state()
     arrays = exp.device_data()
     k = opts.steps_per_dispatch
@@ -239,8 +250,8 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
     params = count_params(state.params)
     rows = []
     for mode in ("train", "eval") if opts.mode == "both" else (opts.mode,):
-        print(f"[benchmark] {opts.model} batch {batch_size}: {mode} step", file=sys.stderr,
-              flush=True)
+        print(f"[benchmark] {opts.model} batch {batch_size}{' remat' if remat else ''}: {mode} step",
+              file=sys.stderr, flush=True)
         steps_per_call = k if mode == "train" else 1
         start = time.perf_counter()
         if mode == "train":
@@ -258,6 +269,7 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
                          flops[mode], compile_s, timed, peak_memory(devices))
         row["xla_temp_bytes_per_device"] = getattr(compiled.memory_analysis(),
                                                    "temp_size_in_bytes", None)
+        row["remat"] = remat
         rows.append(row)
     return rows
 
@@ -289,7 +301,8 @@ def run(opts: Options) -> dict[str, Any]:
         raise ValueError("the benchmark runs in one process; start it without a multi-host cluster")
     opts = resolved(opts)
     devices = jax.local_devices()[:opts.devices or None]
-    results = [row for batch in opts.batch_sizes for row in benchmark_batch(opts, batch, devices)]
+    results = [row for batch in opts.batch_sizes for remat in opts.remat
+               for row in benchmark_batch(opts, batch, devices, remat)]
     return {"options": dataclasses.asdict(opts), "machine": machine(), "results": results}
 
 
@@ -300,16 +313,19 @@ def _bytes(n: int) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """A header naming model, input, dtype and devices, then one line per result row."""
     o, m, rows = report["options"], report["machine"], report["results"]
+    steps = o["accumulation_steps"]
+    micro = f", {steps} micro-batches per step" if steps > 1 else ""
     lines = [f"{o['model']} ({rows[0]['params']:,} params) at {o['image_size']}x{o['image_size']}, "
              f"{o['dtype']}, {rows[0]['devices']} x {m['device_kind']} ({m['backend']}); "
              f"synthetic on-device data; {o['steps']} timed steps in {rows[0]['windows']} windows "
-             f"after {o['warmup']} warm-up, train {o['steps_per_dispatch']} per dispatch; "
+             f"after {o['warmup']} warm-up, train {o['steps_per_dispatch']} per dispatch{micro}; "
              f"memory = {rows[0]['peak_memory_kind']}",
-             f"{'mode':<6}{'batch':>7}{'/dev':>6}{'compile s':>11}{'ms/step':>11}{'+-':>8}"
-             f"{'dispatch':>10}{'img/s':>11}{'img/s/dev':>11}{'MFU':>7}{'peak mem':>12}"]
+             f"{'mode':<6}{'batch':>7}{'/dev':>6}{'remat':>7}{'compile s':>11}{'ms/step':>11}"
+             f"{'+-':>8}{'dispatch':>10}{'img/s':>11}{'img/s/dev':>11}{'MFU':>7}{'peak mem':>12}"]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         lines.append(f"{r['mode']:<6}{r['global_batch']:>7}{r['per_device_batch']:>6}"
+                     f"{'on' if r['remat'] else 'off':>7}"
                      f"{r['compile_s']:>11.2f}{1e3 * r['step_time_mean_s']:>11.2f}"
                      f"{1e3 * r['step_time_std_s']:>8.2f}{1e3 * r['dispatch_time_mean_s']:>10.2f}"
                      f"{r['images_per_sec']:>11,.1f}"
@@ -334,6 +350,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the parameters and the synthetic data.")
     flags.DEFINE_integer("steps_per_dispatch", 1, "Train steps per dispatch (one compiled call); "
                          "a step's time is the dispatch's over this count.")
+    flags.DEFINE_list("remat", ["false"], "Rematerialise each residual block in the backward "
+                      "pass: false, true, or false,true to measure both, one after the other.")
+    flags.DEFINE_integer("accumulation_steps", 1, "Micro-batches per train step "
+                         "(config.accumulation_steps).")
     flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
 
@@ -345,9 +365,13 @@ def options_from_flags() -> tuple[Options, Optional[str]]:
     except ValueError:
         raise FlagError(f"--batch_size={','.join(f.batch_size)}: expected ints separated by "
                         "commas") from None
+    remat_values = {"false": False, "true": True}
+    if not set(f.remat) <= set(remat_values):
+        raise FlagError(f"--remat={','.join(f.remat)}: expected false, true or false,true")
     names = ("model", "image_size", "dtype", "mode", "steps", "warmup", "windows", "devices",
-             "bn_group_size", "num_classes", "seed", "steps_per_dispatch")
-    return Options(batch_sizes=batch_sizes, **{n: f[n].value for n in names}), f.json
+             "bn_group_size", "num_classes", "seed", "steps_per_dispatch", "accumulation_steps")
+    return Options(batch_sizes=batch_sizes, remat=tuple(remat_values[v] for v in f.remat),
+                   **{n: f[n].value for n in names}), f.json
 
 
 def report(result: dict[str, Any], json_path: Optional[str]) -> None:
