@@ -92,8 +92,10 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     init = jax.jit(functools.partial(create_train_state, model, tx, pipeline.image_shape,
                                      config.seed), out_shardings=replicated)
+    platform = mesh.devices.flat[0].platform
     step_fn = make_train_step(model, tx, schedule, config.label_smoothing,
-                              config.accumulation_steps, batch_shards=mesh.size)
+                              config.accumulation_steps, batch_shards=mesh.size,
+                              unroll_micro_batches=platform == "cpu")
     eval_fn = make_eval_step(model)
     multi_step = jax.jit(make_multi_step(step_fn, pipeline.train_batch_from_feed),
                          in_shardings=(replicated, replicated, parallel.steps_batch_sharded(mesh)),
@@ -102,7 +104,7 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
         lambda state, arrays, feed: eval_fn(state, pipeline.eval_batch_from_feed(arrays, feed)),
         in_shardings=(replicated, replicated, batch), out_shardings=replicated)
     steps_per_dispatch = resolve_steps_per_dispatch(config, bool(pipeline.device_arrays()),
-                                                    mesh.devices.flat[0].platform)
+                                                    platform)
     return Experiment(config, mesh, pipeline, model, schedule, tx,
                       optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,
                       multi_step, eval_feed_step, steps_per_dispatch)

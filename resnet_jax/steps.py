@@ -68,7 +68,8 @@ def split_micro_batches(batch, accumulation_steps: int, batch_shards: int):
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, label_smoothing: float = 0.0,
-                    accumulation_steps: int = 1, batch_shards: int = 1) -> Callable:
+                    accumulation_steps: int = 1, batch_shards: int = 1,
+                    unroll_micro_batches: bool = False) -> Callable:
     """train_step(state, batch) -> (state, metrics); metrics are float32 scalars:
     loss (cross-entropy, without weight decay), top1, top5, lr, grad_norm; and "finite", a dict of
     bool scalars: whether the loss, the gradients, the new parameters and the new BatchNorm
@@ -83,8 +84,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     k updates, m * running + (1 - m) * mean of the k micro-batch statistics, is the one update of
     the whole batch normalised in groups, whose statistic is the mean of its groups'. With
     model.bn_group_size = B / (batch_shards * k) a step therefore equals one step over the whole
-    batch with groups of that size, within float32 rounding; only the activations of one
-    micro-batch are kept at a time.
+    batch with groups of that size, within float32 rounding. As a loop, the scan keeps the
+    activations of one micro-batch at a time; `unroll_micro_batches` unrolls it for XLA:CPU, which
+    runs convolutions in a loop body several times slower (jax-ml/jax#12868) and leaves the order
+    of the unrolled micro-batches to its scheduler.
     """
 
     def loss_fn(params, batch_stats, batch):
@@ -110,7 +113,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
         zeros = jax.tree.map(jnp.zeros_like, (params, batch_stats))
         micro_batches = split_micro_batches(batch, accumulation_steps, batch_shards)
-        sums, means = jax.lax.scan(add_micro_batch, zeros, micro_batches)
+        sums, means = jax.lax.scan(add_micro_batch, zeros, micro_batches,
+                                   unroll=unroll_micro_batches)
         grads, new_stats = jax.tree.map(lambda total: total / accumulation_steps, sums)
         return grads, new_stats, jax.tree.map(jnp.mean, means)
 

@@ -255,12 +255,13 @@ def test_split_micro_batches_takes_a_slice_of_every_shard():
     np.testing.assert_array_equal(split_micro_batches(rows, 4, 1), rows.reshape(4, 4))
 
 
-def test_accumulated_micro_batches_equal_one_step_over_the_batch_in_groups():
-    """Batch 16 on 2 shards, 2 micro-batches of 8 with BatchNorm over the 4 rows each shard holds:
-    two steps (SGD with momentum and weight decay) equal two steps over the whole batch with
-    BatchNorm groups of 4 (no accumulation): parameters, momentum, running statistics, loss, top-1,
-    top-5 and gradient norm within float32 rounding (rtol 1e-5, atol 1e-6). Groups of 8 on the whole
-    batch differ (the comparison can fail)."""
+@pytest.mark.parametrize("unroll", [False, True])
+def test_accumulated_micro_batches_equal_one_step_over_the_batch_in_groups(unroll):
+    """Batch 16 on 2 shards, 2 micro-batches of 8 with BatchNorm over the 4 rows each shard holds,
+    in a loop or unrolled: two steps (SGD with momentum and weight decay) equal two steps over the
+    whole batch with BatchNorm groups of 4 (no accumulation): parameters, momentum, running
+    statistics, loss, top-1, top-5 and gradient norm within float32 rounding (rtol 1e-5, atol 1e-6).
+    Groups of 8 on the whole batch differ (the comparison can fail)."""
     rng = np.random.default_rng(5)
     batches = [{"image": (rng.normal(size=(16, 6, 6, 3)) * [1, 2, 3] + [0, 1, -1]).astype(np.float32),
                 "label": rng.integers(0, 7, 16).astype(np.int32)} for _ in range(2)]
@@ -277,7 +278,7 @@ def test_accumulated_micro_batches_equal_one_step_over_the_batch_in_groups():
             metrics.append({k: v for k, v in m.items() if k in ("loss", "top1", "top5", "grad_norm")})
         return state, metrics
 
-    accumulated = run(4, accumulation_steps=2, batch_shards=2)
+    accumulated = run(4, accumulation_steps=2, batch_shards=2, unroll_micro_batches=unroll)
     grouped = run(4)
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     jax.tree.map(close, (accumulated[0].params, accumulated[0].opt_state,
