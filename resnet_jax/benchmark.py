@@ -250,7 +250,8 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list,
     params = count_params(state.params)
     rows = []
     for mode in ("train", "eval") if opts.mode == "both" else (opts.mode,):
-        print(f"[benchmark] {opts.model} batch {batch_size}{' remat' if remat else ''}: {mode} step",
+        remat_note = " remat" if remat else ""
+        print(f"[benchmark] {opts.model} batch {batch_size}{remat_note}: {mode} step",
               file=sys.stderr, flush=True)
         steps_per_call = k if mode == "train" else 1
         start = time.perf_counter()

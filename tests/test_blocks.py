@@ -320,5 +320,6 @@ def test_remat_network_takes_the_same_train_step_and_rematerialises():
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     jax.tree.map(close, (plain.params, plain.batch_stats, plain_metrics["loss"],
                          plain_metrics["grad_norm"]),
-                 (remat.params, remat.batch_stats, remat_metrics["loss"], remat_metrics["grad_norm"]))
+                 (remat.params, remat.batch_stats, remat_metrics["loss"],
+                  remat_metrics["grad_norm"]))
     assert "remat" in jaxprs[1] and "remat" not in jaxprs[0]

@@ -1,6 +1,6 @@
 """The train and eval steps against numpy: label-smoothed cross-entropy, top-k with ties, one SGD step
-with BatchNorm statistics, the learning-rate metric, the finite flag, and per-class eval sums; gradient
-accumulation against one step over the whole batch with BatchNorm in groups."""
+with BatchNorm statistics, the learning-rate metric, the finite flag, and per-class eval sums;
+gradient accumulation against one step over the whole batch with BatchNorm in groups."""
 
 import flax.linen as nn
 import jax
@@ -246,7 +246,8 @@ class GroupedConvNet(nn.Module):
 
 
 def test_split_micro_batches_takes_a_slice_of_every_shard():
-    """16 rows in 2 shards of 8, 2 micro-batches: micro-batch j holds rows 4j..4j+3 of each shard."""
+    """16 rows in 2 shards of 8, 2 micro-batches: micro-batch j holds rows 4j..4j+3 of each
+    shard."""
     rows = np.arange(16)
     micro = split_micro_batches({"label": rows, "image": np.stack([rows] * 3, -1)}, 2, 2)
     np.testing.assert_array_equal(micro["label"], [[0, 1, 2, 3, 8, 9, 10, 11],
@@ -263,8 +264,8 @@ def test_accumulated_micro_batches_equal_one_step_over_the_batch_in_groups(unrol
     statistics, loss, top-1, top-5 and gradient norm within float32 rounding (rtol 1e-5, atol 1e-6).
     Groups of 8 on the whole batch differ (the comparison can fail)."""
     rng = np.random.default_rng(5)
-    batches = [{"image": (rng.normal(size=(16, 6, 6, 3)) * [1, 2, 3] + [0, 1, -1]).astype(np.float32),
-                "label": rng.integers(0, 7, 16).astype(np.int32)} for _ in range(2)]
+    images = (rng.normal(size=(2, 16, 6, 6, 3)) * [1, 2, 3] + [0, 1, -1]).astype(np.float32)
+    batches = [{"image": x, "label": rng.integers(0, 7, 16).astype(np.int32)} for x in images]
     tx = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.2, momentum=0.9))
     schedule = optax.constant_schedule(0.2)
 
@@ -275,7 +276,7 @@ def test_accumulated_micro_batches_equal_one_step_over_the_batch_in_groups(unrol
         metrics = []
         for batch in batches:
             state, m = step(state, batch)
-            metrics.append({k: v for k, v in m.items() if k in ("loss", "top1", "top5", "grad_norm")})
+            metrics.append({k: m[k] for k in ("loss", "top1", "top5", "grad_norm")})
         return state, metrics
 
     accumulated = run(4, accumulation_steps=2, batch_shards=2, unroll_micro_batches=unroll)

@@ -269,9 +269,9 @@ def test_bad_config_is_rejected_naming_the_field(field, value, message):
 def test_bn_groups_must_divide_the_per_device_micro_batch():
     config = base_config()
     config.accumulation_steps, config.model.bn_group_size = 4, 8
-    with pytest.raises(ConfigError, match=r"^config.model.bn_group_size=8 must divide the per-device "
-                                          r"micro-batch 4 \(global_batch_size / 8 devices / 4 "
-                                          r"accumulation_steps\)$"):
+    message = (r"^config.model.bn_group_size=8 must divide the per-device micro-batch 4 "
+               r"\(global_batch_size / 8 devices / 4 accumulation_steps\)$")
+    with pytest.raises(ConfigError, match=message):
         validate_config(config, device_count=8)
     config.model.bn_group_size = 4
     validate_config(config, device_count=8)

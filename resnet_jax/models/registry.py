@@ -36,8 +36,8 @@ OPTIONS = {
     "bn_momentum": "float in [0, 1) (default 0.9, Flax convention)",
     "bn_epsilon": "positive float (default 1e-5)",
     "bn_group_size": "positive int, examples per BatchNorm statistics group, or None (default None)",
-    "bn_unbiased_running_var": "bool, running variance from the unbiased batch variance n / (n - 1) "
-                               "as PyTorch (default False)",
+    "bn_unbiased_running_var": "bool, running variance from the unbiased batch variance "
+                               "n / (n - 1) as PyTorch (default False)",
     "remat": "bool, rematerialise each residual block in the backward pass (default False)",
 }
 
