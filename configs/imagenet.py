@@ -6,9 +6,12 @@
 Recipe: batch 256, SGD momentum 0.9, lr 0.1 per 256 images, weight decay 1e-4, 90 epochs. The paper
 divides the lr by 10 "when the error plateaus"; that became the usual fixed /10 at epochs 30 and 60
 (torchvision's reference; some runs add /10 at 80). Option B shortcuts, BN over groups of 32 images
-(the paper's 8 GPUs x 32), scale augmentation "paper_imagenet" with AlexNet's PCA colour noise (the paper's "standard color
-augmentation"), per-pixel mean subtraction as the paper; centre crop during training, 10-crop with
-the eval.py command above.
+(the paper's 8 GPUs x 32) whose running variance keeps the unbiased batch variance (as the paper's
+Caffe models and torchvision's PyTorch), scale augmentation "paper_imagenet" with AlexNet's PCA
+colour noise (the paper's "standard color augmentation"), per-pixel mean subtraction as the paper;
+centre crop during training, 10-crop with the eval.py command above.
+On one device that cannot hold 256 images, --config.accumulation_steps=8 runs each step as 8
+micro-batches of 32, one BN group each: the same step within float32 rounding.
 Bottleneck models are v1.5 (stride on the 3x3), as torchvision; --config.model.variant=v1 gives the
 paper's own. Needs imagenet2012 prepared (python -m resnet_jax.data.prepare --dataset imagenet2012).
 
@@ -32,6 +35,7 @@ def get_config(arg=None):
     c.model.name = model
     c.model.shortcut = "B"
     c.model.bn_group_size = 32
+    c.model.bn_unbiased_running_var = True
     c.data.dataset = "imagenet2012"
     c.data.image_size = 224
     c.data.train_augment = "paper_imagenet"  # scale augmentation, flip, PCA colour noise

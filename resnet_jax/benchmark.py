@@ -10,7 +10,8 @@ memory analysis (compiled_memory; doubling, then bisection), and the first size 
 
 The functions measured are those training and evaluation dispatch: `experiment.build_experiment`
 builds them from a config whose only changes from `base_config()` are the model, batch, image size,
-dtype, BatchNorm grouping and steps per dispatch given here, on the synthetic dataset held on the
+dtype, BatchNorm grouping, rematerialisation, micro-batches per step and steps per dispatch given
+here, on the synthetic dataset held on the
 devices (config.data.placement "device"; one batch of examples in each split). Train:
 `Experiment.multi_step` (state donated), `steps_per_dispatch` steps per call on a feed of
 [steps_per_dispatch, B] train indices, each step gathering and augmenting its batch on the devices
@@ -63,12 +64,14 @@ FLAG_OF_FIELD = {"seed": "seed", "global_batch_size": "batch_size", "eval_batch_
                  "data.num_train_examples": "batch_size", "data.num_eval_examples": "batch_size",
                  "model": "model", "model.dtype": "dtype", "model.bn_group_size": "bn_group_size",
                  "data.image_size": "image_size", "data.num_classes": "num_classes",
-                 "steps_per_dispatch": "steps_per_dispatch"}
+                 "steps_per_dispatch": "steps_per_dispatch", "model.remat": "remat",
+                 "accumulation_steps": "accumulation_steps"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What to measure. batch_sizes are global (split over the devices), one run per entry."""
+    """What to measure. batch_sizes are global (split over the devices), one run per entry, and
+    per entry of remat (model.remat off and/or on, run one after the other)."""
 
     model: str
     batch_sizes: tuple[int, ...] = (128,)
@@ -83,6 +86,8 @@ class Options:
     num_classes: Optional[int] = None  # default: the model's own (1000 ImageNet, 10 CIFAR)
     seed: int = 0
     steps_per_dispatch: int = 1  # train steps per call of multi_step
+    remat: tuple[bool, ...] = (False,)
+    accumulation_steps: int = 1  # micro-batches per train step
 
 
 def validate(opts: Options, available_devices: int) -> None:
@@ -109,10 +114,12 @@ def validate(opts: Options, available_devices: int) -> None:
                         f"gives N)")
     if not opts.batch_sizes:
         raise FlagError("--batch_size needs at least one size")
+    if not opts.remat:
+        raise FlagError("--remat needs at least one of false, true")
     opts = resolved(opts)
     for batch in opts.batch_sizes:
         try:
-            validate_config(experiment_config(opts, batch), device_count=count)
+            validate_config(experiment_config(opts, batch, opts.remat[0]), device_count=count)
         except ConfigError as e:
             flag = flag_of(str(e))
             value = batch if flag == "batch_size" else getattr(opts, flag)
@@ -140,14 +147,17 @@ def resolved(opts: Options) -> Options:
                                         if getattr(opts, name) is None})
 
 
-def experiment_config(opts: Options, batch_size: int):
+def experiment_config(opts: Options, batch_size: int, remat: bool = False):
     """base_config() on the synthetic dataset, held on the devices with one batch of examples in
-    each split, with this model, batch, image size, dtype and steps per dispatch."""
+    each split, with this model, batch, image size, dtype, rematerialisation, micro-batches and
+    steps per dispatch."""
     c = base_config()
     c.seed = opts.seed
     c.model.name = opts.model
     c.model.dtype = opts.dtype
     c.model.bn_group_size = opts.bn_group_size
+    c.model.remat = remat
+    c.accumulation_steps = opts.accumulation_steps
     c.global_batch_size = c.eval_batch_size = batch_size
     c.steps_per_dispatch = opts.steps_per_dispatch
     c.data.dataset = "synthetic"
@@ -231,10 +241,11 @@ class _TrainDispatches:
         return metrics
 
 
-def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[str, Any]]:
-    """Result rows (train, then eval, as opts.mode asks) for one global batch size on `devices`;
-    `opts` must be resolved()."""
-    exp = experiment.build_experiment(experiment_config(opts, batch_size), devices)
+def benchmark_batch(opts: Options, batch_size: int, devices: list,
+                    remat: bool = False) -> list[dict[str, Any]]:
+    """Result rows (train, then eval, as opts.mode asks) for one global batch size on `devices`,
+    with model.remat = `remat`; `opts` must be resolved()."""
+    exp = experiment.build_experiment(experiment_config(opts, batch_size, remat), devices)
     state = exp.create_train_state()
     arrays = exp.device_data()
     k = opts.steps_per_dispatch
@@ -245,8 +256,9 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
     params = count_params(state.params)
     rows = []
     for mode in ("train", "eval") if opts.mode == "both" else (opts.mode,):
-        print(f"[benchmark] {opts.model} batch {batch_size}: {mode} step", file=sys.stderr,
-              flush=True)
+        remat_note = " remat" if remat else ""
+        print(f"[benchmark] {opts.model} batch {batch_size}{remat_note}: {mode} step",
+              file=sys.stderr, flush=True)
         steps_per_call = k if mode == "train" else 1
         start = time.perf_counter()
         if mode == "train":
@@ -266,6 +278,7 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list) -> list[dict[
                                                    "temp_size_in_bytes", None)
         memory = compiled_memory.of_compiled(compiled)
         row["xla_memory_per_device"] = memory.as_dict() if memory else None
+        row["remat"] = remat
         rows.append(row)
     return rows
 
@@ -274,7 +287,7 @@ def train_step_memory(opts: Options, per_device_batch: int,
                       devices: list) -> compiled_memory.CompiledMemory:
     """XLA's memory per device of the train step at `per_device_batch` on `devices`, on a host
     feed, by compiling only; `opts` must be resolved()."""
-    config = experiment_config(opts, per_device_batch * len(devices))
+    config = experiment_config(opts, per_device_batch * len(devices), opts.remat[-1])
     config.data.placement = "host"
     run_plan = plan.plan_run(config, device_count=len(devices))
     return compiled_memory.planned_train_step_memory(config, run_plan, devices)
@@ -300,7 +313,7 @@ def max_batch(opts: Options, memory_bytes: int, devices: list) -> dict[str, Any]
         middle = (low + high) // 2 // MAX_BATCH_STEP * MAX_BATCH_STEP
         low, high = (middle, high) if fits(middle) else (low, middle)
     return {"model": opts.model, "dtype": opts.dtype, "image_size": opts.image_size,
-            "devices": len(devices), "memory_gib": memory_bytes / 2**30,
+            "remat": opts.remat[-1], "devices": len(devices), "memory_gib": memory_bytes / 2**30,
             "per_device_batch": low or None, "first_not_fitting": high,
             "compiled_bytes": {str(b): compiled[b] for b in sorted(compiled)},
             "machine": machine()}
@@ -333,7 +346,8 @@ def run(opts: Options) -> dict[str, Any]:
         raise ValueError("the benchmark runs in one process; start it without a multi-host cluster")
     opts = resolved(opts)
     devices = jax.local_devices()[:opts.devices or None]
-    results = [row for batch in opts.batch_sizes for row in benchmark_batch(opts, batch, devices)]
+    results = [row for batch in opts.batch_sizes for remat in opts.remat
+               for row in benchmark_batch(opts, batch, devices, remat)]
     return {"options": dataclasses.asdict(opts), "machine": machine(), "results": results}
 
 
@@ -344,16 +358,19 @@ def _bytes(n: int) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """A header naming model, input, dtype and devices, then one line per result row."""
     o, m, rows = report["options"], report["machine"], report["results"]
+    steps = o["accumulation_steps"]
+    micro = f", {steps} micro-batches per step" if steps > 1 else ""
     lines = [f"{o['model']} ({rows[0]['params']:,} params) at {o['image_size']}x{o['image_size']}, "
              f"{o['dtype']}, {rows[0]['devices']} x {m['device_kind']} ({m['backend']}); "
              f"synthetic on-device data; {o['steps']} timed steps in {rows[0]['windows']} windows "
-             f"after {o['warmup']} warm-up, train {o['steps_per_dispatch']} per dispatch; "
+             f"after {o['warmup']} warm-up, train {o['steps_per_dispatch']} per dispatch{micro}; "
              f"memory = {rows[0]['peak_memory_kind']}",
-             f"{'mode':<6}{'batch':>7}{'/dev':>6}{'compile s':>11}{'ms/step':>11}{'+-':>8}"
-             f"{'dispatch':>10}{'img/s':>11}{'img/s/dev':>11}{'MFU':>7}{'peak mem':>12}"]
+             f"{'mode':<6}{'batch':>7}{'/dev':>6}{'remat':>7}{'compile s':>11}{'ms/step':>11}"
+             f"{'+-':>8}{'dispatch':>10}{'img/s':>11}{'img/s/dev':>11}{'MFU':>7}{'peak mem':>12}"]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         lines.append(f"{r['mode']:<6}{r['global_batch']:>7}{r['per_device_batch']:>6}"
+                     f"{'on' if r['remat'] else 'off':>7}"
                      f"{r['compile_s']:>11.2f}{1e3 * r['step_time_mean_s']:>11.2f}"
                      f"{1e3 * r['step_time_std_s']:>8.2f}{1e3 * r['dispatch_time_mean_s']:>10.2f}"
                      f"{r['images_per_sec']:>11,.1f}"
@@ -378,6 +395,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the parameters and the synthetic data.")
     flags.DEFINE_integer("steps_per_dispatch", 1, "Train steps per dispatch (one compiled call); "
                          "a step's time is the dispatch's over this count.")
+    flags.DEFINE_list("remat", ["false"], "Rematerialise each residual block in the backward "
+                      "pass: false, true, or false,true to measure both, one after the other.")
+    flags.DEFINE_integer("accumulation_steps", 1, "Micro-batches per train step "
+                         "(config.accumulation_steps).")
     flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
     flags.DEFINE_bool("max_batch", False, "Run nothing: find the largest per-device batch (a "
                       f"multiple of {MAX_BATCH_STEP}) whose compiled train step fits "
@@ -393,9 +414,13 @@ def options_from_flags() -> tuple[Options, Optional[str]]:
     except ValueError:
         raise FlagError(f"--batch_size={','.join(f.batch_size)}: expected ints separated by "
                         "commas") from None
+    remat_values = {"false": False, "true": True}
+    if not set(f.remat) <= set(remat_values):
+        raise FlagError(f"--remat={','.join(f.remat)}: expected false, true or false,true")
     names = ("model", "image_size", "dtype", "mode", "steps", "warmup", "windows", "devices",
-             "bn_group_size", "num_classes", "seed", "steps_per_dispatch")
-    return Options(batch_sizes=batch_sizes, **{n: f[n].value for n in names}), f.json
+             "bn_group_size", "num_classes", "seed", "steps_per_dispatch", "accumulation_steps")
+    return Options(batch_sizes=batch_sizes, remat=tuple(remat_values[v] for v in f.remat),
+                   **{n: f[n].value for n in names}), f.json
 
 
 def report(result: dict[str, Any], json_path: Optional[str]) -> None:
@@ -410,6 +435,8 @@ def run_max_batch(opts: Options, memory_gib: Optional[float]) -> dict[str, Any]:
     """Validate, then max_batch for `memory_gib` GiB per device on the --devices."""
     if memory_gib is None or memory_gib <= 0:
         raise FlagError(f"--memory_gib={memory_gib}: --max_batch needs a positive number of GiB")
+    if len(opts.remat) > 1:
+        raise FlagError("--remat: --max_batch takes one value, false or true")
     validate(opts, jax.local_device_count())
     opts = resolved(opts)
     return max_batch(opts, int(memory_gib * 2**30), jax.local_devices()[:opts.devices or None])
@@ -419,7 +446,8 @@ def format_max_batch(result: dict[str, Any]) -> str:
     r = result
     fits = (f"per-device batch {r['per_device_batch']} fits" if r["per_device_batch"]
             else "no per-device batch fits")
-    return (f"{r['model']} {r['dtype']} {r['image_size']}x{r['image_size']} on {r['devices']} x "
+    return (f"{r['model']}{' (remat)' if r['remat'] else ''} {r['dtype']} "
+            f"{r['image_size']}x{r['image_size']} on {r['devices']} x "
             f"{r['machine']['device_kind']}, {r['memory_gib']:.2f} GiB per device: {fits}; "
             f"{r['first_not_fitting']} does not (compiled train step: "
             + ", ".join(f"{b}: {compiled_memory.format_bytes(n)}"

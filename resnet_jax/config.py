@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.global_batch_size = 128
     c.eval_batch_size = 256
     c.label_smoothing = 0.0
+    # Micro-batches per step: each step's batch is run in this many slices, one optimizer update on
+    # their mean gradient (steps.make_train_step); must divide the per-device batch.
+    c.accumulation_steps = 1
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cifar_resnet20"
@@ -34,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9
     c.model.bn_epsilon = 1e-5
     c.model.bn_group_size = placeholder(int)
+    # The running variance from the unbiased batch variance n / (n - 1), n = values of a channel in
+    # a BatchNorm group, as PyTorch and Caffe; the batch is normalised by the biased one either way.
+    c.model.bn_unbiased_running_var = False
+    c.model.remat = False  # recompute each residual block's activations in the backward pass
 
     # Input pipeline (docs/data.md describes every field). None = the dataset's default.
     c.data = ml_collections.ConfigDict()
@@ -163,6 +170,7 @@ _RULES: list[tuple[str, Check, str]] = [
     ("global_batch_size", lambda v: v > 0, "a positive int"),
     ("eval_batch_size", lambda v: v > 0, "a positive int"),
     ("label_smoothing", lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    ("accumulation_steps", lambda v: v > 0, "a positive int"),
     ("schedule.name", lambda v: v in optim.SCHEDULES, f"one of {optim.SCHEDULES}"),
     ("schedule.unit", lambda v: v in optim.UNITS, f"one of {optim.UNITS}"),
     ("schedule.length", lambda v: v > 0, "a positive number"),
@@ -229,8 +237,9 @@ def validate_config(config, device_count: Optional[int] = None,
     """Raise ConfigError for the first field that is not allowed; returns None when all is well.
 
     device_count and process_count are those of the run (global); divisibility is checked against them:
-    of the eval batch always, of the train batch and its BatchNorm groups only when `training`
-    (evaluating a checkpoint on another device count needs only the eval batch to divide).
+    of the eval batch always, of the train batch, its micro-batches and its BatchNorm groups only
+    when `training` (evaluating a checkpoint on another device count needs only the eval batch to
+    divide).
     Without `require_data` a dataset that is not prepared passes (planning a run, --dry_run).
     """
     _check_schema(config, base_config())
@@ -259,12 +268,20 @@ def validate_config(config, device_count: Optional[int] = None,
                                   f"use a multiple of {count}")
     if config.best_metric == "ema_top1" and config.ema_decay is None:
         raise ConfigError("config.best_metric='ema_top1' needs config.ema_decay (the EMA is off)")
-    group = config.model.bn_group_size
-    if group and device_count and training:
+    if device_count and training:
         per_device = config.global_batch_size // device_count
-        if per_device % group:
-            raise ConfigError(f"config.model.bn_group_size={group} must divide the per-device batch "
-                              f"{per_device} (global_batch_size / {device_count} devices)")
+        batch, where = per_device, f"(global_batch_size / {device_count} devices)"
+        steps = config.accumulation_steps
+        if per_device % steps:
+            raise ConfigError(f"config.accumulation_steps={steps} must divide the per-device batch "
+                              f"{per_device} {where}")
+        if steps > 1:
+            batch //= steps
+            where = f"(global_batch_size / {device_count} devices / {steps} accumulation_steps)"
+        group = config.model.bn_group_size
+        if group and batch % group:
+            raise ConfigError(f"config.model.bn_group_size={group} must divide the per-device "
+                              f"{'micro-' if steps > 1 else ''}batch {batch} {where}")
 
 
 def choose(arg: Optional[str], allowed: Sequence[Sequence[str]],

@@ -90,10 +90,13 @@ def jit_multi_step(config, model, tx: optax.GradientTransformation, schedule: op
     """The jitted k-step train call: (state, device arrays, feeds [k, B]) -> (state, metrics [k]),
     state donated and replicated, feeds split over the batch axis; `batch_from_feed` is the
     pipeline's train_batch_from_feed. The step freezes the backbone (config.optimizer.
-    freeze_backbone) and updates the EMA (config.ema_decay) as the config says."""
+    freeze_backbone), accumulates micro-batches (config.accumulation_steps; unrolled on CPU, see
+    steps.make_train_step) and updates the EMA (config.ema_decay) as the config says."""
     replicated = parallel.replicated(mesh)
     frozen = optim.backbone_mask if config.optimizer.freeze_backbone else None
-    step_fn = make_train_step(model, tx, schedule, config.label_smoothing, frozen)
+    step_fn = make_train_step(model, tx, schedule, config.label_smoothing, frozen,
+                              config.accumulation_steps, batch_shards=mesh.size,
+                              unroll_micro_batches=mesh.devices.flat[0].platform == "cpu")
     if config.ema_decay is not None:
         step_fn = make_ema_step(step_fn, config.ema_decay)
     return jax.jit(make_multi_step(step_fn, batch_from_feed),
@@ -125,7 +128,7 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
         lambda state, arrays, feed: eval_fn(state, pipeline.eval_batch_from_feed(arrays, feed)),
         in_shardings=(replicated, replicated, batch), out_shardings=replicated)
     steps_per_dispatch = resolve_steps_per_dispatch(config, bool(pipeline.device_arrays()),
-                                                    mesh.devices.flat[0].platform)
+                                                    platform)
     return Experiment(config, mesh, pipeline, model, schedule, tx,
                       optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,
                       multi_step, eval_feed_step, steps_per_dispatch)

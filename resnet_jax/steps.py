@@ -92,9 +92,24 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: flo
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def split_micro_batches(batch, accumulation_steps: int, batch_shards: int):
+    """Leaves [B, ...] -> [k, B / k, ...], k = accumulation_steps: micro-batch j holds the j-th of k
+    consecutive slices of each of the `batch_shards` equal shards of the batch, so that on a mesh of
+    that many devices every micro-batch is sharded as the batch is, and no row changes device.
+    A BatchNorm group size g that divides B / (batch_shards * k) thus groups the same g consecutive
+    rows in a micro-batch as in the whole batch."""
+
+    def split(x):
+        shards = x.reshape((batch_shards, accumulation_steps, -1) + x.shape[1:])
+        return jnp.swapaxes(shards, 0, 1).reshape((accumulation_steps, -1) + x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, label_smoothing: float = 0.0,
-                    frozen: Optional[Callable[[Any], Any]] = None) -> Callable:
+                    frozen: Optional[Callable[[Any], Any]] = None, accumulation_steps: int = 1,
+                    batch_shards: int = 1, unroll_micro_batches: bool = False) -> Callable:
     """train_step(state, batch) -> (state, metrics); metrics are float32 scalars:
     loss (cross-entropy, without weight decay), top1, top5, lr, grad_norm; and "finite", a dict of
     bool scalars: whether the loss, the gradients, the new parameters and the new BatchNorm
@@ -102,7 +117,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     `frozen` (a linear probe): params -> tree of Python bools, True for the parameters that stay
     exactly as they are (optim.backbone_mask). Then the forward pass runs BatchNorm in inference
-    mode, the statistics are left as they are, and no gradient flows into the frozen parameters."""
+    mode, the statistics are left as they are, and no gradient flows into the frozen parameters.
+
+    With accumulation_steps k > 1 the batch is split into k micro-batches (split_micro_batches over
+    `batch_shards`, the devices the batch is sharded on) run one after another in a scan, each from
+    the step's parameters and running statistics; the step applies one optimizer update with the
+    mean of their gradients and keeps the mean of their updated BatchNorm statistics. The loss, the
+    gradients and the metrics are thus those of the whole batch with BatchNorm over each
+    micro-batch; as the running-average update is linear in the batch statistic, the mean of the
+    k updates, m * running + (1 - m) * mean of the k micro-batch statistics, is the one update of
+    the whole batch normalised in groups, whose statistic is the mean of its groups'. With
+    model.bn_group_size = B / (batch_shards * k) a step therefore equals one step over the whole
+    batch with groups of that size, within float32 rounding. As a loop, the scan keeps the
+    activations of one micro-batch at a time; `unroll_micro_batches` unrolls it for XLA:CPU, which
+    runs convolutions in a loop body several times slower (jax-ml/jax#12868) and leaves the order
+    of the unrolled micro-batches to its scheduler.
+    """
 
     def loss_fn(params, batch_stats, batch):
         if frozen is None:
@@ -117,22 +147,44 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
         return loss, (logits, batch_stats)
 
-    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+    def batch_gradients(params, batch_stats, batch) -> tuple[Any, Any, dict]:
+        """(mean gradients, updated BatchNorm statistics, {loss, top1, top5} means) of a batch."""
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
+        (loss, (logits, new_stats)), grads = grad_fn(params, batch_stats, batch)
+        means = {"loss": loss, "top1": jnp.mean(_topk_correct(logits, batch["label"], 1)),
+                 "top5": jnp.mean(_topk_correct(logits, batch["label"], 5))}
+        return grads, new_stats, means
+
+    def accumulated_gradients(params, batch_stats, batch) -> tuple[Any, Any, dict]:
+        """batch_gradients of the whole batch, as the mean over its k micro-batches."""
+
+        def add_micro_batch(sums, micro_batch):
+            grads, new_stats, means = batch_gradients(params, batch_stats, micro_batch)
+            return jax.tree.map(jnp.add, sums, (grads, new_stats)), means
+
+        zeros = jax.tree.map(jnp.zeros_like, (params, batch_stats))
+        micro_batches = split_micro_batches(batch, accumulation_steps, batch_shards)
+        sums, means = jax.lax.scan(add_micro_batch, zeros, micro_batches,
+                                   unroll=unroll_micro_batches)
+        grads, new_stats = jax.tree.map(lambda total: total / accumulation_steps, sums)
+        return grads, new_stats, jax.tree.map(jnp.mean, means)
+
+    gradients = batch_gradients if accumulation_steps == 1 else accumulated_gradients
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        grads, batch_stats, means = gradients(state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if frozen is not None:  # the old leaves themselves: p + 0 would turn -0.0 into +0.0
+        if frozen is not None:  # the old leaves themselves: p + 0 would turn -0.0 into +0.0,
             params = jax.tree.map(lambda new, old, f: old if f else new, params, state.params,
                                   frozen(params))
+            batch_stats = state.batch_stats  # and a mean over micro-batches may round
         metrics = {
-            "loss": loss,
-            "top1": jnp.mean(_topk_correct(logits, batch["label"], 1)),
-            "top5": jnp.mean(_topk_correct(logits, batch["label"], 5)),
+            **means,
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
             "grad_norm": optax.tree.norm(grads),
         }
-        norms = {"loss": loss, "gradients": metrics["grad_norm"],
+        norms = {"loss": means["loss"], "gradients": metrics["grad_norm"],
                  "parameters": optax.tree.norm(params), "bn_statistics": optax.tree.norm(batch_stats)}
         metrics["finite"] = {name: jnp.isfinite(x) for name, x in norms.items()}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,

@@ -34,10 +34,12 @@ def validate(opts: benchmark.Options) -> None:
     if opts.model not in TORCHVISION_MODELS:
         raise FlagError(f"--model {opts.model!r} has no torchvision counterpart; use one of "
                          f"{', '.join(TORCHVISION_MODELS)}")
-    if (opts.devices or 1) != 1 or opts.bn_group_size or opts.steps_per_dispatch != 1:
+    if ((opts.devices or 1) != 1 or opts.bn_group_size or opts.steps_per_dispatch != 1
+            or opts.remat != (False,) or opts.accumulation_steps != 1):
         raise FlagError("the PyTorch reference runs on one GPU with whole-batch BatchNorm, one "
-                        "step per call: leave out --devices, --bn_group_size and "
-                        "--steps_per_dispatch")
+                        "step per call, no rematerialisation or accumulation: leave out "
+                        "--devices, --bn_group_size, --steps_per_dispatch, --remat and "
+                        "--accumulation_steps")
     benchmark.validate(opts, available_devices=1)
 
 

@@ -98,6 +98,21 @@ def test_steps_per_dispatch_times_whole_dispatches_of_multi_step():
     assert "train 2 per dispatch" in benchmark.format_table(report)
 
 
+def test_remat_off_and_on_run_side_by_side_with_micro_batches():
+    opts = benchmark.Options(model="cifar_resnet20", batch_sizes=(4,), image_size=8, steps=2,
+                             warmup=0, windows=2, mode="train", remat=(False, True),
+                             accumulation_steps=2)
+    report = benchmark.run(opts)
+    assert [row["remat"] for row in report["results"]] == [False, True]
+    for row in report["results"]:
+        check_row(row, "train", 4, report["machine"]["local_devices"], 8)
+    table = benchmark.format_table(report)
+    assert "2 micro-batches per step" in table
+    assert [line.split()[3] for line in table.splitlines()[2:]] == ["off", "on"]
+    config = benchmark.experiment_config(benchmark.resolved(opts), 4, remat=True)
+    assert (config.model.remat, config.accumulation_steps) == (True, 2)
+
+
 def test_the_benchmark_config_is_synthetic_data_on_the_devices():
     opts = benchmark.resolved(benchmark.Options(model="resnet18", steps_per_dispatch=5))
     c = benchmark.experiment_config(opts, 16)
@@ -115,6 +130,9 @@ def test_the_benchmark_config_is_synthetic_data_on_the_devices():
     ({"devices": 2}, 1, "--devices 2 asks for more than the 1 local device(s)"),
     ({"batch_sizes": (16,), "bn_group_size": 3}, 2,
      "--bn_group_size=3: config.model.bn_group_size=3 must divide the per-device batch 8"),
+    ({"batch_sizes": (8,), "accumulation_steps": 3}, 2,
+     "--accumulation_steps=3: config.accumulation_steps=3 must divide the per-device batch 4"),
+    ({"remat": ()}, 1, "--remat needs at least one of false, true"),
     ({"dtype": "float16"}, 1, "--dtype=float16: config.model: model option dtype='float16' is "
                               "not allowed"),
     ({"image_size": 0}, 1, "--image_size=0: config.data.image_size=0 must be positive"),
@@ -157,6 +175,8 @@ def test_torch_reference_rejects_what_it_cannot_run():
         torch_reference.validate(benchmark.Options(model="resnet50", devices=2))
     with pytest.raises(ValueError, match="--steps_per_dispatch"):
         torch_reference.validate(benchmark.Options(model="resnet50", steps_per_dispatch=2))
+    with pytest.raises(ValueError, match="--remat"):
+        torch_reference.validate(benchmark.Options(model="resnet50", remat=(True,)))
 
 
 def _torch_sees_a_gpu() -> bool:

@@ -9,11 +9,13 @@ shortcut is a strided 1x1 convolution and BN. Pre-activation (He et al. 2016): B
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from resnet_jax.models.blocks import BasicBlock, BottleneckBlock
 from resnet_jax.models.layers import BatchNorm
 from resnet_jax.models.resnet import ResNet
+from resnet_jax.steps import create_train_state, make_train_step
 
 EPS = 1e-5
 
@@ -235,6 +237,20 @@ def test_network_updates_running_statistics_with_momentum_0_9_by_default():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_network_option_keeps_the_unbiased_running_variance():
+    """bn_unbiased_running_var=True: the stem's running variance takes the unbiased variance of the
+    stem convolution's n = 4 * 6 * 6 values per channel (numpy ddof=1)."""
+    model = ResNet(stage_sizes=(1,), stage_planes=(4,), stem="cifar", num_classes=5,
+                   bn_unbiased_running_var=True)
+    x = np.random.default_rng(3).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    variables = random_variables(model, x, seed=5)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    stem = np_conv(x, variables["params"]["stem_conv"]["kernel"]).reshape(-1, 4)
+    np.testing.assert_allclose(updates["batch_stats"]["stem_bn"]["var"],
+                               0.9 * variables["batch_stats"]["stem_bn"]["var"]
+                               + 0.1 * stem.var(0, ddof=1), rtol=1e-5, atol=1e-5)
+
+
 def test_default_network_options_are_torchvision_resnets():
     """Without options a bottleneck network is a plain ImageNet ResNet: one group of 64 channels
     per group (the 3x3 convolution has `planes` channels in and out), 1000 classes, no zero-init."""
@@ -283,3 +299,27 @@ def test_default_network_strides_the_3x3_of_its_bottlenecks():
     variables = random_variables(model, x, seed=8)
     expected = np_resnet(model.clone(stride_on_3x3=True), variables, x)
     np.testing.assert_allclose(model.apply(variables, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_remat_network_takes_the_same_train_step_and_rematerialises():
+    """remat=True: the same variables, and one SGD step (loss, gradient norm, parameters, running
+    statistics) equal to remat=False's within float32 rounding (rtol 1e-5, atol 1e-6); its gradient
+    recomputes the blocks (a `remat` primitive), the plain network's none."""
+    x = np.random.default_rng(7).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    batch = {"image": x, "label": np.array([0, 1, 4, 2], np.int32)}
+    tx = optax.sgd(0.1, momentum=0.9)
+    results, jaxprs = [], []
+    for remat in (False, True):
+        model = ResNet(stage_sizes=(1, 1), stage_planes=(4, 8), stem="cifar", num_classes=5,
+                       remat=remat)
+        state = create_train_state(model, tx, (8, 8, 3), seed=0)
+        step = make_train_step(model, tx, optax.constant_schedule(0.1))
+        results.append(jax.jit(step)(state, batch))
+        jaxprs.append(str(jax.make_jaxpr(step)(state, batch)))
+    (plain, plain_metrics), (remat, remat_metrics) = results
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    jax.tree.map(close, (plain.params, plain.batch_stats, plain_metrics["loss"],
+                         plain_metrics["grad_norm"]),
+                 (remat.params, remat.batch_stats, remat_metrics["loss"],
+                  remat_metrics["grad_norm"]))
+    assert "remat" in jaxprs[1] and "remat" not in jaxprs[0]

@@ -93,6 +93,9 @@ def test_recipes_match_the_papers():
         "B", 32, "paper_imagenet")  # scale augmentation with the paper's PCA colour noise
     assert r56.data.normalization == r50.data.normalization == "per_pixel_mean"  # the paper's
     modern = load("imagenet_modern.py").get_config()
+    # PyTorch's and Caffe's running variance in the ImageNet recipes; the CIFAR ones keep Flax's.
+    assert r50.model.bn_unbiased_running_var and modern.model.bn_unbiased_running_var
+    assert not r56.model.bn_unbiased_running_var
     assert modern.optimizer.nesterov and modern.optimizer.exclude_bn_and_bias
     assert (modern.schedule.name, modern.schedule.warmup, modern.label_smoothing) == (
         "cosine", 5.0, 0.1)

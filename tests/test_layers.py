@@ -23,7 +23,8 @@ def test_batchnorm_running_statistics_follow_the_flax_momentum_rule():
     The variance kept is the biased batch variance, sum (x - mean)^2 / n over the n = N*H*W values
     of a channel, the one that normalises the batch. PyTorch normalises with the same biased
     variance but updates running_var with the unbiased one, n / (n - 1) times larger; imported
-    torchvision statistics are used as they are, so the two agree in eval mode.
+    torchvision statistics are used as they are, so the two agree in eval mode (PyTorch's update is
+    the unbiased_running_var option, tested below).
     """
     bn = BatchNorm(use_running_average=False)
     variables = bn.init(jax.random.key(0), batches(1)[0])
@@ -56,6 +57,30 @@ def test_batchnorm_momentum_option_and_grouped_running_average():
                                0.5 * groups.mean((1, 2, 3)).mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(updates["batch_stats"]["var"],
                                0.5 + 0.5 * groups.var((1, 2, 3)).mean(0), rtol=1e-5)
+
+
+def test_unbiased_running_variance_is_n_over_n_minus_1_times_the_group_variance():
+    """unbiased_running_var: running var = m * old + (1 - m) * the mean over groups of each group's
+    unbiased variance (numpy ddof=1 over its n = 3 * 3 * 3 = 27 values of a channel), as PyTorch's
+    running_var; the running mean and the normalised output are those of the biased option. One
+    value per channel (n = 1) keeps the biased variance, 0, instead of 0 / 0."""
+    x = batches(1)[0]
+    grouped = x.reshape(2, 3, 3, 3, 4).transpose(0, 4, 1, 2, 3).reshape(2, 4, 27)
+    out = {}
+    for unbiased in (False, True):
+        bn = BatchNorm(use_running_average=False, momentum=0.5, group_size=3,
+                       unbiased_running_var=unbiased)
+        out[unbiased] = bn.apply(bn.init(jax.random.key(0), x), x, mutable=["batch_stats"])
+    (y, biased), (y_unbiased, unbiased) = out[False], out[True]
+    np.testing.assert_allclose(unbiased["batch_stats"]["var"],
+                               0.5 + 0.5 * grouped.var(-1, ddof=1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(unbiased["batch_stats"]["mean"], biased["batch_stats"]["mean"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(y_unbiased, y, rtol=1e-6, atol=1e-6)
+    one = np.arange(8, dtype=np.float32).reshape(2, 1, 1, 4)
+    bn = BatchNorm(use_running_average=False, group_size=1, unbiased_running_var=True)
+    _, single = bn.apply(bn.init(jax.random.key(0), one), one, mutable=["batch_stats"])
+    np.testing.assert_allclose(single["batch_stats"]["var"], 0.9, rtol=1e-6)
 
 
 def test_batchnorm_normalises_with_batch_statistics_in_training_and_running_ones_in_eval():

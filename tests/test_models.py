@@ -252,6 +252,10 @@ def test_registry_errors_name_what_exists():
         create_model("resnet18", variant="v1")  # basic blocks have no v1/v1.5
     with pytest.raises(ValueError, match="zero_init_residual=True is not allowed"):
         create_model("cifar_plain20", zero_init_residual=True)
+    with pytest.raises(ValueError, match=r"remat=1 is not allowed; expected bool"):
+        create_model("resnet18", remat=1)
+    with pytest.raises(ValueError, match=r"bn_unbiased_running_var='yes' is not allowed"):
+        create_model("resnet18", bn_unbiased_running_var="yes")
 
 
 def test_registry_names_are_consistent():

@@ -1,6 +1,7 @@
 """The train and eval steps against numpy: label-smoothed cross-entropy, top-k with ties, one SGD step
-with BatchNorm statistics, the learning-rate metric, the finite flag, per-class eval sums, and the
-EMA of the weights."""
+with BatchNorm statistics, the learning-rate metric, the finite flag, per-class eval sums, the EMA
+of the weights, and gradient accumulation against one step over the whole batch with BatchNorm in
+groups."""
 
 import flax.linen as nn
 import jax
@@ -12,7 +13,7 @@ import pytest
 from resnet_jax.models.layers import BatchNorm
 from resnet_jax.steps import (TrainState, _topk_correct, create_train_state, cross_entropy,
                               ema_weights, has_ema, make_ema_step, make_eval_step,
-                              make_train_step, with_ema)
+                              make_train_step, split_micro_batches, with_ema)
 
 
 def smoothed_cross_entropy(logits, labels, smoothing):
@@ -309,3 +310,65 @@ def test_frozen_backbone_step_keeps_it_bitwise_and_trains_the_head_in_inference_
         w = params["head"][name]
         np.testing.assert_allclose(new_state.params["head"][name], w - 0.1 * (grad + 0.01 * w),
                                    rtol=1e-5, atol=1e-7)
+
+
+class GroupedConvNet(nn.Module):
+    """A 3x3 convolution, BatchNorm over groups of `group_size` (momentum 0.5), ReLU, average
+    pooling, a dense classifier."""
+
+    group_size: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        x = BatchNorm(use_running_average=not train, momentum=0.5, group_size=self.group_size,
+                      name="bn")(x)
+        return nn.Dense(7, name="head")(jnp.mean(nn.relu(x), axis=(1, 2)))
+
+
+def test_split_micro_batches_takes_a_slice_of_every_shard():
+    """16 rows in 2 shards of 8, 2 micro-batches: micro-batch j holds rows 4j..4j+3 of each
+    shard."""
+    rows = np.arange(16)
+    micro = split_micro_batches({"label": rows, "image": np.stack([rows] * 3, -1)}, 2, 2)
+    np.testing.assert_array_equal(micro["label"], [[0, 1, 2, 3, 8, 9, 10, 11],
+                                                   [4, 5, 6, 7, 12, 13, 14, 15]])
+    np.testing.assert_array_equal(micro["image"][..., 2], micro["label"])
+    np.testing.assert_array_equal(split_micro_batches(rows, 4, 1), rows.reshape(4, 4))
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_accumulated_micro_batches_equal_one_step_over_the_batch_in_groups(unroll):
+    """Batch 16 on 2 shards, 2 micro-batches of 8 with BatchNorm over the 4 rows each shard holds,
+    in a loop or unrolled: two steps (SGD with momentum and weight decay) equal two steps over the
+    whole batch with BatchNorm groups of 4 (no accumulation): parameters, momentum, running
+    statistics, loss, top-1, top-5 and gradient norm within float32 rounding (rtol 1e-5, atol 1e-6).
+    Groups of 8 on the whole batch differ (the comparison can fail)."""
+    rng = np.random.default_rng(5)
+    images = (rng.normal(size=(2, 16, 6, 6, 3)) * [1, 2, 3] + [0, 1, -1]).astype(np.float32)
+    batches = [{"image": x, "label": rng.integers(0, 7, 16).astype(np.int32)} for x in images]
+    tx = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.2, momentum=0.9))
+    schedule = optax.constant_schedule(0.2)
+
+    def run(group_size, **accumulation):
+        model = GroupedConvNet(group_size)
+        state = create_train_state(model, tx, (6, 6, 3), seed=0)
+        step = jax.jit(make_train_step(model, tx, schedule, **accumulation))
+        metrics = []
+        for batch in batches:
+            state, m = step(state, batch)
+            metrics.append({k: m[k] for k in ("loss", "top1", "top5", "grad_norm")})
+        return state, metrics
+
+    accumulated = run(4, accumulation_steps=2, batch_shards=2, unroll_micro_batches=unroll)
+    grouped = run(4)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    jax.tree.map(close, (accumulated[0].params, accumulated[0].opt_state,
+                         accumulated[0].batch_stats, accumulated[1]),
+                 (grouped[0].params, grouped[0].opt_state, grouped[0].batch_stats, grouped[1]))
+    assert int(accumulated[0].step) == 2
+    whole = run(8)[0]
+    assert not np.allclose(whole.batch_stats["bn"]["var"], grouped[0].batch_stats["bn"]["var"],
+                           rtol=1e-3)
+    assert not np.allclose(whole.params["conv"]["kernel"], grouped[0].params["conv"]["kernel"],
+                           rtol=1e-3)

@@ -249,6 +249,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     ("model.name", "resnet51", r"unknown model 'resnet51'; known models: .*resnet50"),
     ("model.shortcut", "D", r"shortcut='D' is not allowed; expected one of"),
     ("model.bn_group_size", 3, r"bn_group_size=3 must divide the per-device batch 16"),
+    ("accumulation_steps", 0, r"accumulation_steps=0 is not allowed; expected a positive int"),
+    ("accumulation_steps", 3, r"accumulation_steps=3 must divide the per-device batch 16 "
+                              r"\(global_batch_size / 8 devices\)"),
     ("data.dataset", "mnist", r"data.dataset='mnist' is not allowed; expected one of"),
     ("schedule.boundaries", (10.0, 50.0), r"boundaries=\(10.0, 50.0\) must lie inside"),
 ])
@@ -261,6 +264,17 @@ def test_bad_config_is_rejected_naming_the_field(field, value, message):
     target[leaf] = value
     with pytest.raises(ConfigError, match=message):
         validate_config(config, device_count=8)
+
+
+def test_bn_groups_must_divide_the_per_device_micro_batch():
+    config = base_config()
+    config.accumulation_steps, config.model.bn_group_size = 4, 8
+    message = (r"^config.model.bn_group_size=8 must divide the per-device micro-batch 4 "
+               r"\(global_batch_size / 8 devices / 4 accumulation_steps\)$")
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, device_count=8)
+    config.model.bn_group_size = 4
+    validate_config(config, device_count=8)
 
 
 def test_evaluation_needs_only_the_eval_batch_to_divide_the_devices():

@@ -4,6 +4,7 @@ All tensors are NHWC. Parameters and BatchNorm statistics are float32; `dtype` i
 Padding is explicit and symmetric (as torchvision), so imported torchvision weights give its logits.
 """
 
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -36,13 +37,17 @@ class BatchNorm(nn.Module):
     Mean and mean square come from one fused pass (var = E[x^2] - E[x]^2, accumulated in float32);
     the per-channel scale and shift are folded in float32 and applied to x in `dtype`.
     `momentum` follows Flax: running = momentum * running + (1 - momentum) * batch (PyTorch's 0.1 is
-    0.9). The running variance is the biased batch variance. The output has dtype `dtype`.
+    0.9). The batch is normalised by its biased variance (over the n = group * H * W values of a
+    channel); the running variance averages that biased variance, or with `unbiased_running_var`
+    the unbiased n / (n - 1) times it (PyTorch's and Caffe's running_var; n = 1 keeps the biased
+    one, as Caffe). The output has dtype `dtype`.
     """
 
     use_running_average: bool
     momentum: float = 0.9
     epsilon: float = 1e-5
     group_size: Optional[int] = None
+    unbiased_running_var: bool = False
     scale_init: Any = nn.initializers.ones
     dtype: Dtype = jnp.float32
 
@@ -68,9 +73,11 @@ class BatchNorm(nn.Module):
         var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
         if not self.is_initializing():
             over_groups = tuple(range(xg.ndim - 1))
+            n = math.prod(xg.shape[1:-1])  # values of a channel in one group
+            correction = n / (n - 1) if self.unbiased_running_var and n > 1 else 1.0
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=over_groups)
-            ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=over_groups)
+            ra_var.value = m * ra_var.value + (1 - m) * correction * jnp.mean(var, axis=over_groups)
         return self._normalize(xg, mean, var, scale, bias).reshape(x.shape)
 
     def _normalize(self, x, mean, var, scale, bias):

@@ -36,6 +36,9 @@ OPTIONS = {
     "bn_momentum": "float in [0, 1) (default 0.9, Flax convention)",
     "bn_epsilon": "positive float (default 1e-5)",
     "bn_group_size": "positive int, examples per BatchNorm statistics group, or None (default None)",
+    "bn_unbiased_running_var": "bool, running variance from the unbiased batch variance "
+                               "n / (n - 1) as PyTorch (default False)",
+    "remat": "bool, rematerialise each residual block in the backward pass (default False)",
 }
 
 
@@ -124,6 +127,8 @@ def validate_options(name: str, options: dict[str, Any]) -> None:
     check("bn_momentum", lambda v: isinstance(v, (int, float)) and 0 <= v < 1)
     check("bn_epsilon", lambda v: isinstance(v, (int, float)) and v > 0)
     check("bn_group_size", lambda v: v is None or (is_int(v) and v > 0))
+    check("bn_unbiased_running_var", lambda v: isinstance(v, bool))
+    check("remat", lambda v: isinstance(v, bool))
     shortcut = options.get("shortcut", spec.shortcut)
     if options.get("zero_init_residual") and shortcut == "none":
         raise ValueError(f"model option zero_init_residual=True is not allowed with shortcut='none' "

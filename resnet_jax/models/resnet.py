@@ -34,6 +34,10 @@ class ResNet(nn.Module):
       zero_init_residual: every residual branch starts at zero.
       bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention) and epsilon.
       bn_group_size: examples per BatchNorm statistics group; None for the whole (global) batch.
+      bn_unbiased_running_var: the running variance averages the unbiased batch variance (PyTorch,
+        Caffe) instead of the biased one that normalises the batch.
+      remat: rematerialise each residual block in the backward pass (flax.linen.remat): its
+        activations are recomputed instead of kept, for memory; the same variables and results.
       dtype: compute dtype (float32 or bfloat16); parameters and statistics stay float32.
     """
 
@@ -51,6 +55,8 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_group_size: Optional[int] = None
+    bn_unbiased_running_var: bool = False
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -58,7 +64,8 @@ class ResNet(nn.Module):
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         norm = partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, group_size=self.bn_group_size, dtype=self.dtype)
+                       epsilon=self.bn_epsilon, group_size=self.bn_group_size,
+                       unbiased_running_var=self.bn_unbiased_running_var, dtype=self.dtype)
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(64, 7, 2, dtype=self.dtype, name="stem_conv")(x)
@@ -69,7 +76,7 @@ class ResNet(nn.Module):
             if not self.preact:
                 x = nn.relu(norm(name="stem_bn")(x))
 
-        block_cls = block_class(self.block)
+        block_cls = nn.remat(block_class(self.block)) if self.remat else block_class(self.block)
         extra = {}
         for s, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes)):
             if self.block == "bottleneck":
