@@ -128,7 +128,7 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
         lambda state, arrays, feed: eval_fn(state, pipeline.eval_batch_from_feed(arrays, feed)),
         in_shardings=(replicated, replicated, batch), out_shardings=replicated)
     steps_per_dispatch = resolve_steps_per_dispatch(config, bool(pipeline.device_arrays()),
-                                                    platform)
+                                                    mesh.devices.flat[0].platform)
     return Experiment(config, mesh, pipeline, model, schedule, tx,
                       optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,
                       multi_step, eval_feed_step, steps_per_dispatch)
