@@ -32,7 +32,11 @@ def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int],
         f"{plan.model.macs / 1e6:,.1f} M MACs per {size}x{size}x{channels} image, {c.model.dtype}",
         f"devices:  {plan.process_count} process(es) x {per_process} {plan.device_kind} device(s) "
         f"= {plan.device_count}; global batch {c.global_batch_size} = "
-        f"{c.global_batch_size // plan.device_count} per device",
+        f"{c.global_batch_size // plan.device_count} per device"
+        + (f" in {c.accumulation_steps} micro-batches of "
+           f"{c.global_batch_size // plan.device_count // c.accumulation_steps}"
+           if c.accumulation_steps > 1 else "")
+        + (f", BatchNorm over groups of {c.model.bn_group_size}" if c.model.bn_group_size else ""),
         f"data:     {c.data.dataset}: {d.num_train_examples:,} train / {d.num_eval_examples:,} eval "
         f"examples, {d.num_classes} classes ({d.origin}); "
         f"{'on the devices' if plan.on_devices else 'host pipeline'}, "
