@@ -166,16 +166,25 @@ def pytorch(sizes: Sizes, report: dict) -> dict:
             return json.load(f)
 
 
-def loop(sizes: Sizes, report: dict) -> dict:
-    c = load_config("synthetic_benchmark", sizes.loop_model)
-    if sizes.loop_image_size:
-        c.data.image_size = sizes.loop_image_size
-    c.global_batch_size = c.eval_batch_size = sizes.loop_per_device_batch * jax.device_count()
-    c.data.num_train_examples = 8 * c.global_batch_size
-    c.data.num_eval_examples = c.global_batch_size
+def synthetic_on_devices(model: str, image_size: Optional[int], global_batch: int, steps: int):
+    """configs/synthetic_benchmark.py for `model` (image_size None: the config's own), its examples
+    held on the devices (8 batches to draw from), `steps` steps evaluated and checkpointed once, at
+    the end."""
+    c = load_config("synthetic_benchmark", model)
+    if image_size:
+        c.data.image_size = image_size
+    c.global_batch_size = c.eval_batch_size = global_batch
+    c.data.num_train_examples = 8 * global_batch
+    c.data.num_eval_examples = global_batch
     c.data.placement = "device"
-    c.schedule.length = float(sizes.loop_steps)
-    c.eval_every_steps = c.checkpoint_every_steps = sizes.loop_steps
+    c.schedule.length = float(steps)
+    c.eval_every_steps = c.checkpoint_every_steps = steps
+    return c
+
+
+def loop(sizes: Sizes, report: dict) -> dict:
+    c = synthetic_on_devices(sizes.loop_model, sizes.loop_image_size,
+                             sizes.loop_per_device_batch * jax.device_count(), sizes.loop_steps)
     c.log_every_steps = min(100, sizes.loop_steps)
     result = run_config(c)
     images = result["steps_per_s"] * c.global_batch_size if result["steps_per_s"] else None
@@ -190,15 +199,9 @@ def loop(sizes: Sizes, report: dict) -> dict:
 def cifar(sizes: Sizes, report: dict) -> dict:
     variants = []
     for k in sizes.cifar_dispatches:
-        c = load_config("synthetic_benchmark", "cifar_resnet20")
-        c.data.image_size = sizes.cifar_image_size
-        c.global_batch_size = c.eval_batch_size = sizes.cifar_batch
-        c.data.num_train_examples = 8 * c.global_batch_size
-        c.data.num_eval_examples = c.global_batch_size
-        c.data.placement = "device"
+        c = synthetic_on_devices("cifar_resnet20", sizes.cifar_image_size, sizes.cifar_batch,
+                                 sizes.cifar_steps)
         c.steps_per_dispatch = k
-        c.schedule.length = float(sizes.cifar_steps)
-        c.eval_every_steps = c.checkpoint_every_steps = sizes.cifar_steps
         c.log_every_steps = max(k, sizes.cifar_steps // 4)
         result = run_config(c)
         rate = result["steps_per_s"]
