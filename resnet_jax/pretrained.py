@@ -213,13 +213,14 @@ def open_source(config) -> Optional[Source]:
     checkpointer = Checkpointer(directory, read_only=True)
     try:
         skipped: tuple[str, ...] = ()
-        if step is None:
+        if step is None:  # the newest step that verifies
             step, problems = checkpointer.resume_candidates(allow_unverified=False)
             skipped = tuple(str(p) for p in problems)
             if step is None:
                 reasons = "; ".join(skipped) or "it has none"
                 raise ConfigError(f"{where}: no verified checkpoint to start from ({reasons})")
-        checkpointer.verify(step)
+        else:
+            checkpointer.verify(step)
         meta = checkpointer.restore_meta(step)
     except (DamagedCheckpointError, UnverifiedCheckpointError) as e:
         raise ConfigError(f"{where}: {e}") from None
