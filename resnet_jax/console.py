@@ -21,6 +21,7 @@ def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int],
     c, d = plan.config, plan.data
     size, _, channels = d.image_shape
     per_process = plan.device_count // plan.process_count
+    per_device = c.global_batch_size // plan.device_count
     if workdir is None:
         where = "workdir:  none (--dry_run)"
     elif resume_step is None:
@@ -31,10 +32,8 @@ def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int],
         f"model:    {c.model.name}, {plan.model.params:,} parameters, "
         f"{plan.model.macs / 1e6:,.1f} M MACs per {size}x{size}x{channels} image, {c.model.dtype}",
         f"devices:  {plan.process_count} process(es) x {per_process} {plan.device_kind} device(s) "
-        f"= {plan.device_count}; global batch {c.global_batch_size} = "
-        f"{c.global_batch_size // plan.device_count} per device"
-        + (f" in {c.accumulation_steps} micro-batches of "
-           f"{c.global_batch_size // plan.device_count // c.accumulation_steps}"
+        f"= {plan.device_count}; global batch {c.global_batch_size} = {per_device} per device"
+        + (f" in {c.accumulation_steps} micro-batches of {per_device // c.accumulation_steps}"
            if c.accumulation_steps > 1 else "")
         + (f", BatchNorm over groups of {c.model.bn_group_size}" if c.model.bn_group_size else ""),
         f"data:     {c.data.dataset}: {d.num_train_examples:,} train / {d.num_eval_examples:,} eval "
