@@ -274,10 +274,9 @@ def benchmark_batch(opts: Options, batch_size: int, devices: list,
             state = step.state
         row = result_row(mode, params, batch_size, exp.mesh.size, devices[0].device_kind,
                          flops[mode], compile_s, timed, peak_memory(devices))
-        row["xla_temp_bytes_per_device"] = getattr(compiled.memory_analysis(),
-                                                   "temp_size_in_bytes", None)
         memory = compiled_memory.of_compiled(compiled)
         row["xla_memory_per_device"] = memory.as_dict() if memory else None
+        row["xla_temp_bytes_per_device"] = memory.temp_bytes if memory else None
         row["remat"] = remat
         rows.append(row)
     return rows
