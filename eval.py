@@ -4,7 +4,7 @@
 Model and data settings come from the config stored with the checkpoint; --config.<field>=<value>
 overrides any field (e.g. --config.data.data_dir=... --config.eval_batch_size=...), and
 --config FILE replaces the stored config. Other sources: --checkpoint <step folder>, or
---torchvision_weights FILE with --config.model.name=... and the data fields. Results:
+--torchvision_weights FILE (its architecture read off the arrays; 1000 classes: ImageNet at 224). Results:
 <workdir>/<name>/<step>.json, metrics.jsonl records of split <name>, TensorBoard under
 <workdir>/tensorboard/<name>, and a table on stdout.
 """
@@ -30,8 +30,9 @@ flags.DEFINE_float("watch_timeout", 3600.0,
 flags.DEFINE_float("poll_seconds", 10.0, "How often --watch looks for new checkpoints.")
 flags.DEFINE_string("checkpoint", None,
                     "A checkpoint step folder (<dir>/<step>) outside a workdir.")
-flags.DEFINE_string("torchvision_weights", None, "torchvision state dict (.safetensors/.pth) to "
-                    "evaluate; name the model with --config.model.name.")
+flags.DEFINE_string("torchvision_weights", None, "torchvision state dict (.safetensors/.pth, "
+                    "local or gs://) to evaluate; the architecture is read off its arrays and a "
+                    "1000-class one evaluates ImageNet at 224, unless --config.* says otherwise.")
 flags.DEFINE_bool("per_class", False, "Also report top-1 accuracy per class.")
 flags.DEFINE_bool("allow_unverified_checkpoint", False,
                   "Evaluate a checkpoint even when its integrity record is missing or unreadable "

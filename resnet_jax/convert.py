@@ -27,7 +27,7 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
-from resnet_jax.models import create_model
+from resnet_jax.models import create_model, get_spec
 
 # Registered names whose architecture is exactly torchvision's model of the same name.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -208,9 +208,48 @@ def import_torchvision(name: str, path_or_state_dict: str | os.PathLike | Mappin
                              f"got {model_options[option]!r}")
     state_dict = (path_or_state_dict if isinstance(path_or_state_dict, Mapping)
                   else load_state_dict(path_or_state_dict))
-    if "fc.weight" in state_dict:
-        model_options.setdefault("num_classes", int(np.shape(state_dict["fc.weight"])[0]))
+    if num_classes(state_dict) is not None:
+        model_options.setdefault("num_classes", num_classes(state_dict))
+    model, template = _abstract_variables(name, **model_options)
+    return model, torchvision_to_flax(state_dict, template)
+
+
+def num_classes(state_dict: Mapping[str, Any]) -> int | None:
+    """The classifier's class count (the rows of `fc.weight`); None when there is no classifier."""
+    weight = state_dict.get("fc.weight")
+    return None if weight is None else int(np.shape(weight)[0])
+
+
+def architecture(state_dict: Mapping[str, Any]) -> str:
+    """The name in TORCHVISION_MODELS whose every array the state dict holds with the right shape
+    and nothing else (torchvision's options, any class count). The candidates are narrowed by the
+    blocks per stage, counted from the `layer<s>.<b>.` names; each left is traced abstractly (no
+    arrays are made). ValueError when none fits."""
+    blocks: dict[int, set[int]] = {}
+    for key in state_dict:
+        match = re.match(r"layer(\d+)\.(\d+)\.", key)
+        if match:
+            blocks.setdefault(int(match[1]), set()).add(int(match[2]))
+    stage_sizes = tuple(len(blocks[s]) for s in sorted(blocks))
+    shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()
+              if not k.endswith(IGNORED_SUFFIX)}
+    classes = num_classes(state_dict)
+    if classes is None:
+        raise ValueError("the state dict has no classifier (fc.weight): is it a torchvision ResNet?")
+    for name in TORCHVISION_MODELS:
+        if get_spec(name).stage_sizes != stage_sizes:
+            continue
+        _, template = _abstract_variables(name, num_classes=classes)
+        expected = {torch_name(path): _torch_shape(leaf.shape, path[-1])
+                    for path, leaf in traverse_util.flatten_dict(template).items()}
+        if expected == shapes:
+            return name
+    raise ValueError(f"no torchvision model of {', '.join(TORCHVISION_MODELS)} has exactly these "
+                     f"arrays (blocks per stage {stage_sizes or 'none'})")
+
+
+def _abstract_variables(name: str, **model_options: Any):
+    """(create_model(name, **model_options), its {"params", "batch_stats"} as ShapeDtypeStructs)."""
     model = create_model(name, **model_options)
     image = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
-    template = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
-    return model, torchvision_to_flax(state_dict, template)
+    return model, jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)

@@ -27,7 +27,8 @@ from resnet_jax.errors import (ConfigError, DamagedCheckpointError, EvalError,
                                IncompatibleCheckpointError, UnverifiedCheckpointError)
 from resnet_jax.evaluation import evaluate
 from resnet_jax.metric_writers import MetricWriter
-from resnet_jax.pretrained import Source, with_source_preprocessing
+from resnet_jax.pretrained import (Source, read_state_dict, torchvision_fields,
+                                   with_source_preprocessing)
 from resnet_jax.restore import ExperimentCache, restore
 from resnet_jax.steps import ema_weights, has_ema
 
@@ -39,7 +40,8 @@ RESERVED_NAMES = ("train", "eval")  # the training loop's own splits
 class Request:
     """What to evaluate and how (the eval.py flags). Sources, one of: `workdir` (its latest
     checkpoint, or `step`, or `all_steps`, or `watch`), `checkpoint` (a step folder), or
-    `torchvision_weights` (needs `overrides` or `config` naming the model and data).
+    `torchvision_weights` (evaluated as pretrained.torchvision_fields says, unless `config` is
+    given; `overrides` apply on top).
     Checkpoints without a readable integrity record are refused unless `allow_unverified`.
     `ema`: evaluate the checkpoints' EMA weights; `name` (the results' split) defaults to
     eval_offline, or eval_offline_ema with `ema`."""
@@ -158,20 +160,25 @@ def _evaluate_step(session: _Session, ckpt: Checkpointer, step: int) -> dict:
 
 
 def _evaluate_torchvision(session: _Session) -> dict:
-    """Evaluate torchvision weights under the config the request names, with torchvision's
-    preprocessing where it leaves that open (pretrained.with_source_preprocessing)."""
+    """Evaluate torchvision weights: under `request.config` if given, else the schema's defaults
+    with what the weights bring (pretrained.torchvision_fields: the architecture, ImageNet at 224
+    for a 1000-class classifier); `request.overrides` on top; torchvision's preprocessing where
+    that leaves it open (pretrained.with_source_preprocessing)."""
     from resnet_jax.convert import import_torchvision
     from resnet_jax.steps import TrainState
 
     request = session.request
-    config, _ = with_source_preprocessing(resolve_config(request, None),
+    state_dict = read_state_dict(request.torchvision_weights, "--torchvision_weights")
+    brought = (None if request.config is not None else
+               torchvision_fields(state_dict, set(request.overrides)))
+    config, _ = with_source_preprocessing(resolve_config(request, brought),
                                           Source(request.torchvision_weights, "torchvision"))
     exp = session.experiments.get(config)
     try:
-        _, variables = import_torchvision(config.model.name, request.torchvision_weights,
+        _, variables = import_torchvision(config.model.name, state_dict,
                                           num_classes=exp.pipeline.num_classes,
                                           **model_options(config))
-    except (ValueError, ImportError, OSError) as e:
+    except ValueError as e:
         raise EvalError(f"cannot load torchvision weights {request.torchvision_weights!r} into "
                         f"{config.model.name!r}: {e}") from None
     state = jax.device_put(

@@ -9,7 +9,10 @@ PyTorch installed), local or gs://.
 - `with_source_preprocessing(config, source)` fills what the config leaves to the source:
   data.normalization (None: the source's; torchvision weights: "torchvision"; no source:
   "per_channel") and, for torchvision weights, data.resize_size (torchvision's eval crop: the
-  shorter side resized to image_size * 256 / 224, then the centre crop). The run stores the result.
+  shorter side resized to image_size * 256 / 224, then the centre crop). The run stores the result;
+  `with_run_preprocessing` reads it back when the run resumes from its own checkpoint.
+- `torchvision_fields(state_dict, given)`: what torchvision weights bring to an evaluation
+  (eval.py --torchvision_weights): their architecture and, with 1000 classes, ImageNet at 224.
 - `Source.load(experiment, init_head)` reads the parameters and BatchNorm statistics, checks every
   array against the model the config builds (the first that differs, with both shapes, is a
   one-line ConfigError) before any compute, and keeps or drops the classifier ("head"): "auto"
@@ -40,7 +43,10 @@ COLLECTIONS = ("params", "batch_stats")  # what a source gives; the rest of the 
 HEAD = f"params/{CLASSIFIER}/"
 DEFAULT_NORMALIZATION = "per_channel"
 TORCHVISION_NORMALIZATION = "torchvision"
-TORCHVISION_CROP_RATIO = 256 / 224  # torchvision's eval: resize the shorter side to 256, crop 224
+TORCHVISION_CROP = 224  # torchvision's eval: resize the shorter side to 256, crop 224
+TORCHVISION_CROP_RATIO = 256 / TORCHVISION_CROP
+IMAGENET_CLASSES = 1000
+PREPROCESSING_FIELDS = ("normalization", "resize_size")  # config.data fields a source may fill
 
 
 @dataclasses.dataclass
@@ -160,7 +166,7 @@ class Source:
         return Loaded({k: v for k, v in flat.items() if keep or not k.startswith(HEAD)}, note)
 
     def _load_torchvision(self, target, fit) -> Loaded:
-        state_dict = _read_state_dict(self.location)
+        state_dict = read_state_dict(self.location)
         variables = {c: getattr(target, c) for c in COLLECTIONS}
         paths = list(traverse_util.flatten_dict(variables))
         source_shapes = convert.flax_layout_shapes(state_dict, paths)
@@ -174,9 +180,27 @@ class Source:
         return Loaded(traverse_util.flatten_dict(arrays, sep="/"), note)
 
 
-def _read_state_dict(location: str) -> dict[str, np.ndarray]:
+def torchvision_fields(state_dict: dict[str, np.ndarray], given: set[str]) -> dict:
+    """The config fields torchvision weights bring to an evaluation that leaves them open (not in
+    `given`, flat names such as "model.name"), as a nested dict for config.config_from_dict: the
+    architecture whose arrays the state dict holds (convert.architecture) and, for a 1000-class
+    classifier, ImageNet at torchvision's crop size 224. ConfigError when no architecture fits."""
+    fields: dict[str, Any] = {}
+    if "model.name" not in given:
+        try:
+            fields["model.name"] = convert.architecture(state_dict)
+        except ValueError as e:
+            raise ConfigError(f"{e}; name the model with --config.model.name") from None
+    if convert.num_classes(state_dict) == IMAGENET_CLASSES:
+        fields.update({"data.dataset": "imagenet2012", "data.image_size": TORCHVISION_CROP})
+    return traverse_util.unflatten_dict(
+        {tuple(k.split(".")): v for k, v in fields.items() if k not in given})
+
+
+def read_state_dict(location: str, field: str = "config.init_from") -> dict[str, np.ndarray]:
     """convert.load_state_dict of a local or gs:// file (a remote one is copied to a temporary
-    file first); a file that cannot be read is a one-line ConfigError."""
+    file first); a file that cannot be read is a one-line ConfigError naming `field`, the flag or
+    config field that gave the location."""
     try:
         if not storage.is_object_store(location):
             return convert.load_state_dict(location)
@@ -186,7 +210,7 @@ def _read_state_dict(location: str) -> dict[str, np.ndarray]:
             local.flush()
             return convert.load_state_dict(local.name)
     except Exception as e:  # noqa: BLE001 (safetensors, torch and the storage layer differ)
-        raise ConfigError(f"config.init_from={location!r}: cannot read the weights: "
+        raise ConfigError(f"{field}={location!r}: cannot read the weights: "
                           f"{' '.join(storage.cause(e).split())}") from None
 
 
@@ -247,3 +271,16 @@ def with_source_preprocessing(config, source: Optional[Source]
         line += (f"; eval crop: shorter side {data.resize_size}, centre {data.image_size} "
                  "(torchvision's)")
     return config, line
+
+
+def with_run_preprocessing(config, stored_config: dict) -> tuple[ml_collections.ConfigDict, str]:
+    """For a run resuming from its own checkpoint: (a copy of `config` whose preprocessing fields
+    left open (None) are those stored with the checkpoint, `stored_config`, the header's line).
+    The run keeps what it started with, and its init_from source need no longer exist."""
+    config = copy.deepcopy(config)
+    data, stored = config.data, stored_config.get("data", {})
+    origin = "config" if data.normalization is not None else "the run's own"
+    for field in PREPROCESSING_FIELDS:
+        if data[field] is None:
+            data[field] = stored.get(field)
+    return config, f"preproc:  normalization {data.normalization} ({origin})"

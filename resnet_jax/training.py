@@ -19,6 +19,7 @@ from resnet_jax.actions import (Action, CheckStop, Evaluate, Profile, SaveCheckp
                                 Tick, TrainLog, dispatch_length)
 from resnet_jax.checkpoint import VERIFIED, Checkpointer, resume_step
 from resnet_jax.compiled_memory import train_step_memory
+from resnet_jax.config import validate_config
 from resnet_jax.console import Console, final_summary, header
 from resnet_jax.data.base import stack_feeds
 from resnet_jax.experiment import Experiment, build_experiment
@@ -34,18 +35,27 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
     session's wall time split by phase ("time", phase_clock.PhaseClock.split). A run that is
     already complete prints its summary and returns at once."""
     clock = PhaseClock()
-    source = pretrained.open_source(config)
-    config, preprocessing = pretrained.with_source_preprocessing(config, source)
-    exp = build_experiment(config, devices)
-    is_main = jax.process_index() == 0
-    if is_main:
-        storage.write_atomic(storage.path(workdir) / "config.json",
-                             json.dumps(config.to_dict(), indent=2, default=str))
+    # Checked before the checkpoints are read; build_experiment checks again with the
+    # preprocessing filled in, which depends on whether the run resumes.
+    validate_config(config, device_count=len(devices or jax.devices()),
+                    process_count=jax.process_count())
     checkpointer = Checkpointer(storage.path(workdir) / "checkpoints", config.keep_checkpoints,
                                 async_save=config.async_checkpointing,
                                 best_metric=f"eval_{config.best_metric}")
     start = resume_step(checkpointer, allow_unverified_checkpoint,
                         start_fresh_if_no_good_checkpoint)
+    source = None
+    if start is None:  # init_from applies only to a run without checkpoints of its own
+        source = pretrained.open_source(config)
+        config, preprocessing = pretrained.with_source_preprocessing(config, source)
+    else:
+        config, preprocessing = pretrained.with_run_preprocessing(
+            config, checkpointer.restore_meta(start)["config"])
+    exp = build_experiment(config, devices)
+    is_main = jax.process_index() == 0
+    if is_main:
+        storage.write_atomic(storage.path(workdir) / "config.json",
+                             json.dumps(config.to_dict(), indent=2, default=str))
     console = Console(exp.total_steps, start or 0)
     complete = start is not None and start >= exp.total_steps
     memory = None
@@ -53,7 +63,7 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
         with clock.phase("compile"):  # jit's cache keeps it for the first full dispatch
             memory = train_step_memory(exp)
     console.print(header(exp.plan, workdir, start, memory))
-    if source is not None:
+    if config.init_from:
         console.print(preprocessing)
         if start is not None:
             console.print("init:     config.init_from not loaded: the run resumes from its own "
@@ -66,7 +76,7 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
         return {"step": start, "preempted": False, "complete": True, "time": clock.split()}
     if start is None:
         loaded = None
-        if source is not None:  # init_from applies only to a run without checkpoints of its own
+        if source is not None:
             with clock.phase("checkpoint"):
                 loaded = source.load(exp, config.init_head)
             console.print(loaded.note)

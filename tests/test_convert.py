@@ -13,8 +13,8 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from resnet_jax.convert import (TORCHVISION_MODELS, flax_to_torchvision, import_torchvision,
-                                load_state_dict, torchvision_to_flax)
+from resnet_jax.convert import (TORCHVISION_MODELS, architecture, flax_to_torchvision,
+                                import_torchvision, load_state_dict, torchvision_to_flax)
 from resnet_jax.models import create_model
 
 # torchvision name -> (block, blocks per layer, groups, width_per_group)
@@ -163,6 +163,17 @@ def test_every_torchvision_model_maps_one_to_one(name):
     leaves = jax.tree.leaves(variables)
     assert len(leaves) == sum(not k.endswith("num_batches_tracked") for k in shapes)
     assert all(leaf.dtype == np.float32 for leaf in leaves)
+    assert architecture(sd) == name
+
+
+def test_architecture_of_weights_that_fit_no_model():
+    sd = {k: np.zeros(s, np.float32) for k, s in torchvision_shapes("resnet18", 10).items()}
+    sd["layer1.0.conv2.weight"] = np.zeros((64, 32, 3, 3), np.float32)  # 2 groups: not a model here
+    with pytest.raises(ValueError, match=r"no torchvision model .* \(blocks per stage \(2, 2, 2, 2\)"):
+        architecture(sd)
+    del sd["fc.weight"]
+    with pytest.raises(ValueError, match="no classifier"):
+        architecture(sd)
 
 
 def test_round_trip_is_bitwise(tmp_path):

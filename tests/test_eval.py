@@ -332,8 +332,9 @@ def test_torchvision_weights(tmp_path):
                             ).astype(np.float32), template)
     weights = str(tmp_path / "resnet18.safetensors")
     save_file(flax_to_torchvision(variables), weights)
-    [record] = run(Request(torchvision_weights=weights, overrides=overrides,
-                           workdir=str(tmp_path / "out")))
+    [record] = run(Request(torchvision_weights=weights, workdir=str(tmp_path / "out"),
+                           overrides={k: v for k, v in overrides.items() if k != "model.name"}))
+    assert record["config"]["model"]["name"] == "resnet18"  # read off the weights
     pipeline = build_experiment(resolve_config(Request(overrides=overrides), None)).pipeline
     logits = jax.jit(lambda x: model.apply(variables, x, train=False))(pipeline.eval.images)
     labels = pipeline.eval.labels

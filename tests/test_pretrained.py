@@ -20,7 +20,9 @@ from resnet_jax.config import base_config, config_from_dict
 from resnet_jax.convert import flax_to_torchvision
 from resnet_jax.errors import ConfigError
 from resnet_jax.experiment import build_experiment
-from resnet_jax.pretrained import open_source, with_source_preprocessing
+from resnet_jax.models import create_model
+from resnet_jax.pretrained import (Source, open_source, torchvision_fields,
+                                   with_source_preprocessing)
 from resnet_jax.training import train_and_evaluate
 from train_cli import REPO, env_with_devices, final_state, train_command
 
@@ -122,12 +124,13 @@ def test_linear_probe_keeps_backbone_and_bn_statistics_bitwise(source, tmp_path)
 def test_torchvision_weights_fine_tuned_and_resumed_after_an_interruption(
         source, torchvision_file, tmp_path, capsys):
     _, params, batch_stats = source
-    config = fine_tune_config(torchvision_file, **{"data.num_classes": 10,
-                                                   "optimizer.backbone_lr_multiplier": 0.1})
+    weights = shutil.copy(torchvision_file, tmp_path)  # removed before the resume
+    config = fine_tune_config(weights, **{"data.num_classes": 10,
+                                          "optimizer.backbone_lr_multiplier": 0.1})
     run = str(tmp_path / "tv")
     train_and_evaluate(config, run)
     out = capsys.readouterr().out
-    assert "classifier loaded" in out and f"torchvision weights {torchvision_file}" in out
+    assert "classifier loaded" in out and f"torchvision weights {weights}" in out
     stored = json.loads((tmp_path / "tv" / "config.json").read_text())
     # torchvision's normalisation and eval crop (shorter side 8 * 256 / 224 = 9), stored.
     assert (stored["data"]["normalization"], stored["data"]["resize_size"]) == ("torchvision", 9)
@@ -136,11 +139,16 @@ def test_torchvision_weights_fine_tuned_and_resumed_after_an_interruption(
     (tuned, tuned_stats), _ = final_state(run)
     assert not np.array_equal(tuned["stem_conv"]["kernel"], params["stem_conv"]["kernel"])
 
-    # Interrupted after step 2: the run resumes from its own checkpoint, not from init_from.
+    # Interrupted after step 2: the run resumes from its own checkpoint, with the preprocessing
+    # it started with, though init_from no longer exists.
     shutil.rmtree(tmp_path / "tv" / "checkpoints" / "4")
+    os.remove(weights)
     train_and_evaluate(config, run)
     out = capsys.readouterr().out
     assert "resuming from step 2" in out and "init_from not loaded" in out
+    assert "preproc:  normalization torchvision (the run's own)" in out
+    resumed_config = json.loads((tmp_path / "tv" / "config.json").read_text())
+    assert resumed_config["data"] == stored["data"]
     (resumed, resumed_stats), step = final_state(run)
     assert step == 4
     jax.tree.map(np.testing.assert_array_equal, bits((resumed, resumed_stats)),
@@ -258,3 +266,23 @@ def test_a_workdir_source_passes_over_newer_unverified_checkpoints(source, tmp_p
     found = open_source(fine_tune_config(copy))
     assert found.step == steps[-2]
     assert f"newer ones not verified: checkpoint step {steps[-1]} is unverified" in found.describe()
+
+
+def test_torchvision_weights_bring_their_architecture_and_imagenet_to_an_evaluation():
+    model = create_model("resnet18")  # torchvision's, 1000 classes
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
+                                                 train=False))
+    state_dict = flax_to_torchvision(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template))
+    fields = torchvision_fields(state_dict, given=set())
+    assert fields == {"model": {"name": "resnet18"},
+                      "data": {"dataset": "imagenet2012", "image_size": 224}}
+    config, line = with_source_preprocessing(config_from_dict(fields),
+                                             Source("resnet18.safetensors", "torchvision"))
+    assert (config.data.normalization, config.data.resize_size) == ("torchvision", 256)
+    assert "shorter side 256, centre 224 (torchvision's)" in line
+    assert torchvision_fields(state_dict, given={"model.name", "data.image_size"}) == {
+        "data": {"dataset": "imagenet2012"}}
+    state_dict["layer1.0.conv1.weight"] = np.zeros((64, 64, 1, 1), np.float32)
+    with pytest.raises(ConfigError, match="no torchvision model .* name the model with "
+                                          "--config.model.name"):
+        torchvision_fields(state_dict, given=set())
