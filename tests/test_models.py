@@ -30,9 +30,10 @@ PREACT_PARAMS = {"cifar_preact_resnet164": 1_703_258, "cifar_preact_resnet1001":
 # torchvision GMACs at 224x224.
 TORCHVISION_GMACS = {"resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "resnet101": 7.80,
                      "resnet152": 11.51}
-# The shallowest model of each kind of block and stem runs forward and backward numerically; every
-# other registered model differs from one of these only in depth or width, and is traced
-# abstractly (parameters and output shape): compiling it takes 10 s to minutes on 2 CPU cores.
+# The shallowest model of each kind of block and stem runs forward and backward numerically, cut to
+# one block per stage (its stem, every block kind it has and its head); every other registered
+# model differs from one of these only in depth or width, and is traced abstractly (parameters and
+# output shape): compiling it takes 10 s to minutes on 2 CPU cores.
 NUMERIC = {"cifar_plain20", "cifar_resnet20", "plain18", "resnet18", "resnet50", "preact_resnet18",
            "preact_resnet50", "resnext50_32x4d"}
 
@@ -77,17 +78,20 @@ def test_cifar_macs_match_reference_exactly():
     assert round(summarize("cifar_resnet110", 32).macs / 1e6, 2) == 252.89
 
 
-def _loss_and_grads(model, x, variables):
-    def loss(params):
-        logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                train=True, mutable=["batch_stats"])
-        return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
-    return jax.value_and_grad(loss)(variables["params"])
+def _unoptimised(fn):
+    """fn() compiled without XLA optimisation (2 s rather than 9 s for a network's initialiser on
+    2 CPU cores): these tests check results, not speed."""
+    return jax.jit(fn).lower().compile({"xla_backend_optimization_level": 0})()
 
 
-def _run_unoptimised(fn, *args):
-    """Run jit(fn) compiled without XLA optimisation: these tests check results, not speed."""
-    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
+def _initialised(model):
+    """model's variables initialised from key 0 on a 32x32 image."""
+    return _unoptimised(lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3))))
+
+
+def _one_block_per_stage(model):
+    """`model` with the same stem, blocks and head, one block per stage."""
+    return model.clone(stage_sizes=(1,) * len(model.stage_sizes))
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -96,12 +100,22 @@ def test_forward_and_backward(name):
         params, head = _traced(name, ())
         assert head == (get_spec(name).num_classes,) and params > 0
         return
-    model = create_model(name, num_classes=7)
+    model = _one_block_per_stage(create_model(name, num_classes=7))
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = _run_unoptimised(lambda: model.init(jax.random.key(0), x, train=False))
-    logits = _run_unoptimised(lambda v: model.apply(v, x, train=False), variables)
+
+    def forward_and_backward():
+        variables = model.init(jax.random.key(0), x, train=False)
+
+        def loss(params):
+            logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                    x, train=True, mutable=["batch_stats"])
+            return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+        return model.apply(variables, x, train=False), *jax.value_and_grad(loss)(
+            variables["params"])
+
+    logits, loss, grads = _unoptimised(forward_and_backward)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-    loss, grads = _run_unoptimised(lambda v: _loss_and_grads(model, x, v), variables)
     assert np.isfinite(float(loss))
     norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
@@ -131,13 +145,16 @@ def test_option_b_projects_only_where_shape_changes_and_c_everywhere():
     assert projected == ["stage1_block1", "stage2_block1", "stage3_block1", "stage4_block1"]
 
 
-def _block_output(block, x, zero_branch_output: bool):
-    variables = block.init(jax.random.key(0), x)
-    if zero_branch_output:  # Make the residual branch output exactly zero.
+def _block_output(block, x):
+    """The block's output on x with its residual branch silenced (the last BN's scale and bias
+    zero)."""
+    def run():
+        variables = block.init(jax.random.key(0), x)
         params = jax.tree_util.tree_map_with_path(
             lambda p, v: jnp.zeros_like(v) if "bn2" in str(p) else v, variables["params"])
-        variables = {**variables, "params": params}
-    return block.apply(variables, x)
+        return block.apply({**variables, "params": params}, x)
+
+    return _unoptimised(run)
 
 
 def test_plain_block_has_no_shortcut_and_residual_block_has_one():
@@ -146,15 +163,15 @@ def test_plain_block_has_no_shortcut_and_residual_block_has_one():
     plain = BasicBlock(features=16, shortcut="none", norm=norm)
     residual = BasicBlock(features=16, shortcut="A", norm=norm)
     # With the branch silenced, a plain block outputs zeros and a residual block relu(x).
-    np.testing.assert_array_equal(_block_output(plain, x, True), 0.0)
-    np.testing.assert_allclose(_block_output(residual, x, True), jax.nn.relu(x))
+    np.testing.assert_array_equal(_block_output(plain, x), 0.0)
+    np.testing.assert_allclose(_block_output(residual, x), jax.nn.relu(x))
 
 
 def test_option_a_subsamples_and_zero_pads():
     norm = lambda **kw: BatchNorm(use_running_average=True, **kw)
     x = jax.random.normal(jax.random.key(3), (2, 8, 8, 16))
     block = BasicBlock(features=32, stride=2, shortcut="A", norm=norm)
-    out = _block_output(block, x, True)
+    out = _block_output(block, x)
     expected = jnp.concatenate([jax.nn.relu(x[:, ::2, ::2]), jnp.zeros((2, 4, 4, 16))], -1)
     np.testing.assert_allclose(out, expected)
 
@@ -165,19 +182,18 @@ def test_preactivation_leaves_the_identity_path_bare(block_cls):
     # identity path, nothing after the addition (negative inputs survive).
     norm = lambda **kw: BatchNorm(use_running_average=False, **kw)
     x = jax.random.normal(jax.random.key(4), (4, 8, 8, 64))
-    block = block_cls(features=64, preact=True, zero_init_residual=True, norm=norm, shortcut="B")
-    variables = block.init(jax.random.key(0), x)
-    out, _ = block.apply(variables, x, mutable=["batch_stats"])
-    np.testing.assert_array_equal(out, x)
+    pre = block_cls(features=64, preact=True, zero_init_residual=True, norm=norm, shortcut="B")
     post = block_cls(features=64, zero_init_residual=True, norm=norm)
-    out, _ = post.apply(post.init(jax.random.key(0), x), x, mutable=["batch_stats"])
-    np.testing.assert_allclose(out, jax.nn.relu(x), atol=1e-6)
+    outputs = _unoptimised(lambda: [b.apply(b.init(jax.random.key(0), x), x,
+                                            mutable=["batch_stats"])[0] for b in (pre, post)])
+    np.testing.assert_array_equal(outputs[0], x)
+    np.testing.assert_allclose(outputs[1], jax.nn.relu(x), atol=1e-6)
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
     model = create_model("cifar_resnet20", dtype="bfloat16")
     x = jnp.ones((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     assert {v.dtype for v in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
     conv_dtypes = []
 
@@ -187,8 +203,9 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
             conv_dtypes.append(out.dtype)
         return out
 
-    with nn.intercept_methods(record):
-        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    with nn.intercept_methods(record):  # dtypes are known from the trace
+        logits, updates = jax.eval_shape(
+            lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables)
     assert set(conv_dtypes) == {jnp.dtype("bfloat16")}
     assert logits.dtype == jnp.float32
     assert {v.dtype for v in jax.tree.leaves(updates)} == {jnp.dtype("float32")}
@@ -228,14 +245,13 @@ def test_grouped_batchnorm_normalises_each_group_by_itself():
 
 
 def test_he_fan_out_initialisation():
-    variables = create_model("resnet18").init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    variables = _initialised(_one_block_per_stage(create_model("resnet18")))
     kernel = variables["params"]["stage3_block1"]["conv2"]["kernel"]  # 3x3, 256 -> 256
     assert abs(float(jnp.std(kernel)) / np.sqrt(2 / (3 * 3 * 256)) - 1) < 0.05
 
 
 def test_zero_init_residual_zeroes_the_last_bn_scale():
-    variables = create_model("resnet18", zero_init_residual=True).init(
-        jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    variables = _initialised(_one_block_per_stage(create_model("resnet18", zero_init_residual=True)))
     assert float(jnp.abs(variables["params"]["stage1_block1"]["bn2"]["scale"]).max()) == 0.0
     assert float(variables["params"]["stage1_block1"]["bn1"]["scale"].min()) == 1.0
 
