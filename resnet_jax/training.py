@@ -58,7 +58,10 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
                              json.dumps(config.to_dict(), indent=2, default=str))
     console = Console(exp.total_steps, start or 0)
     complete = start is not None and start >= exp.total_steps
-    memory = None
+    memory = loaded = None
+    if source is not None:  # read before anything compiles: a source that does not fit is one line
+        with clock.phase("checkpoint"):
+            loaded = source.load(exp, config.init_head)
     if not complete:
         with clock.phase("compile"):  # jit's cache keeps it for the first full dispatch
             memory = train_step_memory(exp)
@@ -75,10 +78,7 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_unverified_chec
             workdir, start, exp, clock, checkpointer))
         return {"step": start, "preempted": False, "complete": True, "time": clock.split()}
     if start is None:
-        loaded = None
-        if source is not None:
-            with clock.phase("checkpoint"):
-                loaded = source.load(exp, config.init_head)
+        if loaded is not None:
             console.print(loaded.note)
         with clock.phase("compile"):  # the initialiser, compiled and run once
             state, start = exp.create_train_state(), 0

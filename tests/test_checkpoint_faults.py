@@ -26,11 +26,10 @@ from train_cli import assert_trees_equal, checkpoint_steps, final_state, run_tra
 
 
 def short_config(steps=8):
-    config = tiny_config()
-    config.schedule.length, config.schedule.boundaries = steps, (steps / 2,)
-    config.eval_every_steps, config.log_every_steps = steps, 2
-    config.async_checkpointing = False
-    return config
+    """The TINY run cut to `steps`, checkpointed every 2 steps, evaluated once at the end."""
+    return tiny_config({"schedule.length": steps, "schedule.boundaries": (steps / 2,),
+                        "eval_every_steps": steps, "log_every_steps": 2,
+                        "checkpoint_every_steps": 2, "async_checkpointing": False})
 
 
 def train(workdir, config=None, **flags):
@@ -210,6 +209,11 @@ def test_divergence_names_quantities_and_the_last_good_checkpoint(tmp_path, monk
     assert f"diverged at step {step}: non-finite " in message
     assert "gradients, parameters, BN statistics (loss " in message
     assert last_good in message
+    if from_index:  # the last good checkpoint is kept, and restores to finite weights
+        assert checkpoint_steps(tmp_path)[-1] == from_index
+        (params, stats), restored = final_state(tmp_path)
+        assert restored == from_index
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves((params, stats)))
 
 
 def test_nonfinite_quantities_names_only_the_flagged_ones():
@@ -248,7 +252,9 @@ def small_disk(tmp_path):
 
 def test_disk_full_stops_in_one_line_and_the_next_start_cleans_up(small_disk):
     workdir = small_disk / "run"
-    result = run_train(workdir, {"async_checkpointing": True}, check=False, timeout=300)
+    short = {"async_checkpointing": True, "checkpoint_every_steps": 2, "schedule.length": 8,
+             "schedule.boundaries": (4.0,), "eval_every_steps": 8}  # the save of step 4 fails
+    result = run_train(workdir, short, check=False, timeout=300)
     assert result.returncode not in (0, -11), result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert "No space left on device" in lines[-1] and "cannot write" in lines[-1]
@@ -259,6 +265,6 @@ def test_disk_full_stops_in_one_line_and_the_next_start_cleans_up(small_disk):
     assert any(".orbax-checkpoint-tmp" in p.name for p in (workdir / "checkpoints").iterdir())
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    resumed = run_train(workdir, {"async_checkpointing": True})
+    resumed = run_train(workdir, short)
     assert f"(resuming from step {steps[-1]})" in resumed.stdout
     assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())

@@ -5,9 +5,11 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from train_cli import REPO, env_with_devices, run_train
+from resnet_jax.training import train_and_evaluate
+from train_cli import REPO, env_with_devices, tiny_config
 
 
 def _run(script, *args, timeout=120):
@@ -89,7 +91,8 @@ def test_an_internal_error_keeps_its_traceback(tmp_path):
 
 @pytest.mark.parametrize("config, train, held_out, classes", [
     ("configs/cifar.py:resnet20", "50,000", "10,000", 10),
-    ("configs/imagenet.py:resnet50", "1,281,167", "50,000", 1000),
+    # The smallest ImageNet model: the dry run compiles its train step.
+    ("configs/imagenet.py:resnet18", "1,281,167", "50,000", 1000),
 ])
 def test_dry_run_needs_no_dataset(config, train, held_out, classes, tmp_path):
     result = _run("train.py", f"--config={config}", "--dry_run",
@@ -100,8 +103,13 @@ def test_dry_run_needs_no_dataset(config, train, held_out, classes, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_header_summary_and_a_finished_run(tmp_path):
-    first = run_train(tmp_path, {"schedule.length": 10, "schedule.boundaries": "(5.0,)", "eval_every_steps": 5}).stdout
+def test_header_summary_and_a_finished_run(tmp_path, capsys):
+    """What train.py prints, from train_and_evaluate in this process (the same lines through
+    train.py: test_training.py's two-process run)."""
+    config = tiny_config({"schedule.length": 10, "schedule.boundaries": (5.0,),
+                          "eval_every_steps": 5})
+    train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    first = capsys.readouterr().out
     for fragment in ("model:    cifar_resnet20, 269,434 parameters",
                      "devices:  1 process(es) x 1 cpu device(s) = 1; global batch 64 = 64 per device",
                      "data:     digits: 1,437 train / 360 eval examples, 10 classes",
@@ -112,11 +120,11 @@ def test_header_summary_and_a_finished_run(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     best = max((r for r in records if r["split"] == "eval"), key=lambda r: r["top1"])
     assert f"best top-1 {100 * best['top1']:.2f}% (step {best['step']})" in first
-    again = run_train(tmp_path, {"schedule.length": 10, "schedule.boundaries": "(5.0,)", "eval_every_steps": 5})
-    assert again.returncode == 0
-    assert "(resuming from step 10)" in again.stdout
-    assert "is complete: nothing to train" in again.stdout and "run complete at step 10" in again.stdout
-    assert "step " not in again.stdout.split("nothing to train")[1].split("run complete")[0]
+    train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    again = capsys.readouterr().out
+    assert "(resuming from step 10)" in again
+    assert "is complete: nothing to train" in again and "run complete at step 10" in again
+    assert "step " not in again.split("nothing to train")[1].split("run complete")[0]
 
 
 def test_run_quiets_a_failed_saves_aftermath_and_nothing_else(tmp_path):

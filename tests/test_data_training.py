@@ -9,16 +9,22 @@ from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_fo
 from resnet_jax.training import train_and_evaluate
 
 
-@pytest.mark.parametrize("placement", ["host", "device"])
-def test_train_and_evaluate_on_a_tiny_tfds_dataset(tmp_path, placement):
-    folder = write_image_folder(str(tmp_path / "images"), {"train": 20, "test": 11}, 3, (36, 60),
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    """A prepared TFDS dataset "tiny_train_jpegs": 20 train and 11 test JPEGs of 3 classes."""
+    root = tmp_path_factory.mktemp("tiny_train_jpegs")
+    folder = write_image_folder(str(root / "images"), {"train": 20, "test": 11}, 3, (36, 60),
                                 (36, 60))
-    store_folder_as_tfds(folder, "tiny_train_jpegs", str(tmp_path / "tfds"))
+    store_folder_as_tfds(folder, "tiny_train_jpegs", str(root / "tfds"))
+    return str(root / "tfds")
+
+
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_train_and_evaluate_on_a_tiny_tfds_dataset(tfds_dir, tmp_path, placement):
     c = base_config()
     c.model.name = "cifar_resnet20"
-    c.data.update({"dataset": "tfds", "tfds_name": "tiny_train_jpegs",
-                   "data_dir": str(tmp_path / "tfds"), "image_size": 32, "train_augment": "cifar",
-                   "placement": placement})
+    c.data.update({"dataset": "tfds", "tfds_name": "tiny_train_jpegs", "data_dir": tfds_dir,
+                   "image_size": 32, "train_augment": "cifar", "placement": placement})
     c.global_batch_size = c.eval_batch_size = 8
     c.schedule.update({"unit": "steps", "length": 4.0, "boundaries": (2.0,)})
     c.eval_every_steps = 4  # one eval, at the end

