@@ -4,6 +4,7 @@ disjointness, exact eval coverage with padding, and resume at the exact position
 
 import io
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,6 +12,7 @@ from PIL import Image
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.data import HostSlice, build_pipeline
 from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_folder
+from resnet_jax.data.on_device import augment_pixels
 from resnet_jax.data.preprocessing import Preprocessor
 from resnet_jax.data.sources import FolderSource, InMemorySource, TFDSSource
 
@@ -98,8 +100,7 @@ def jpeg_bytes(image):
 
 
 def preprocessor(augment, size=32, resize=37):
-    return Preprocessor(size, 3, augment, resize, "center", (size,), 255 * TORCHVISION_MEAN,
-                        255 * TORCHVISION_STD)
+    return Preprocessor(size, 3, augment, resize, "center", (size,))
 
 
 def test_torchvision_eval_matches_pil_resize_and_center_crop():
@@ -112,7 +113,8 @@ def test_torchvision_eval_matches_pil_resize_and_center_crop():
     left, top = int(round((resized.width - 56) / 2.0)), int(round((resized.height - 56) / 2.0))
     reference = np.asarray(resized.crop((left, top, left + 56, top + 56)), np.float32) / 255
     reference = (reference - TORCHVISION_MEAN) / TORCHVISION_STD
-    ours = preprocessor("none", 56, 64).eval(encoded)["image"].numpy()
+    pixels = preprocessor("none", 56, 64).eval(encoded)["image"].numpy()
+    ours = (pixels / np.float32(255) - TORCHVISION_MEAN) / TORCHVISION_STD  # as the devices do
     assert ours.shape == reference.shape
     assert np.abs(ours - reference).max() <= 1.01 / 255 / TORCHVISION_STD.min()  # one grey level
 
@@ -122,11 +124,11 @@ def test_train_augmentations_flip_about_half_the_time(augment):
     ramp = np.tile(np.linspace(0, 255, 48, dtype=np.float32)[None, :, None], (40, 1, 3))
     encoded = jpeg_bytes(ramp.astype(np.uint8))
     pre = preprocessor(augment)
-    flipped = 0
-    for i in range(40):
-        image = pre.train(encoded, np.array([7, i], np.int64)).numpy()
-        assert image.shape == (32, 32, 3)
-        flipped += image[:, :16].mean() > image[:, 16:].mean()
+    crops = [pre.train(encoded, np.array([7, i], np.int64)).numpy() for i in range(40)]
+    assert all(c.shape == (32, 32, 3) and c[:, :16].mean() < c[:, 16:].mean() for c in crops)
+    images = np.asarray(augment_pixels(np.stack(crops), 0.0, 1.0, jax.random.key(7),
+                                       pre.augmentation()))  # the flips are the devices'
+    flipped = sum(image[:, :16].mean() > image[:, 16:].mean() for image in images)
     assert 8 <= flipped <= 32
 
 
@@ -156,14 +158,14 @@ def test_processes_read_disjoint_parts_of_each_epoch(source, dataset_dirs):
 @pytest.mark.parametrize("process_count,eval_batch_size", [(1, 4), (2, 2), (3, 6), (8, 8)])
 @pytest.mark.parametrize("source", ["folder", "tfds"])  # eval reads tfds_stream as tfds
 def test_eval_covers_the_split_exactly_once(source, dataset_dirs, process_count, eval_batch_size):
-    c = make_config(source, dataset_dirs)
-    reference = [example_id(img) for b in pipeline(c).eval_batches()
+    c = make_config(source, dataset_dirs)  # the feeds: padding rows are zero pixels
+    reference = [example_id(img) for b in pipeline(c).eval_feed()
                  for img, keep in zip(b["image"], b["mask"]) if keep]
     assert len(set(reference)) == EVAL
     c.global_batch_size = c.eval_batch_size = eval_batch_size  # divisible by the process count
     seen, batch_counts = [], []
     for i in range(process_count):
-        batches = list(pipeline(c, i, process_count).eval_batches())
+        batches = list(pipeline(c, i, process_count).eval_feed())
         batch_counts.append(len(batches))
         for b in batches:
             assert b["image"].shape == (eval_batch_size // process_count, 32, 32, 3)
@@ -189,9 +191,9 @@ def test_resume_continues_at_the_exact_position(source, dataset_dirs):
 def test_per_pixel_mean_and_measured_channel_statistics(dataset_dirs):
     c = make_config("folder", dataset_dirs, train_augment="cifar", normalization="per_pixel_mean")
     p = pipeline(c)
-    assert p.preprocessor.mean.shape == (32, 32, 3) and p.preprocessor.std.shape == ()
+    assert p.mean.shape == (32, 32, 3) and p.std.shape == ()
     c.data.normalization = "per_channel"  # no published statistics for a folder: measured
     p = pipeline(c)
-    assert p.preprocessor.mean.shape == (3,) and 50 < p.preprocessor.mean.mean() < 200
+    assert p.mean.shape == (3,) and 50 < p.mean.mean() < 200
     views = np.concatenate([b["image"][b["mask"]] for b in pipeline(c).eval_batches()])
     assert abs(views.mean()) < 0.5
