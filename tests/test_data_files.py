@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from resnet_jax.config import base_config, validate_config
-from resnet_jax.data import HostSlice, build_pipeline
+from resnet_jax.data import HostSlice, build_pipeline, plan_data
 from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_folder
-from resnet_jax.data.on_device import augment_pixels
+from resnet_jax.data.on_device import augment_pixels, crop_offsets_and_flips, lighting_noise
 from resnet_jax.data.preprocessing import Preprocessor
 from resnet_jax.data.sources import FolderSource, InMemorySource, TFDSSource
 
@@ -197,3 +197,46 @@ def test_per_pixel_mean_and_measured_channel_statistics(dataset_dirs):
     assert p.mean.shape == (3,) and 50 < p.mean.mean() < 200
     views = np.concatenate([b["image"][b["mask"]] for b in pipeline(c).eval_batches()])
     assert abs(views.mean()) < 0.5
+
+
+@pytest.mark.parametrize("augment", ["paper_imagenet", "inception", "cifar", "none"])
+def test_the_host_feeds_uint8_and_the_step_normalises_and_augments(dataset_dirs, augment):
+    """The feed is uint8, H * W * C bytes per image; the batch the step makes from it is numpy's
+    normalisation by hand with the step's draws: flip (and for paper_imagenet the lighting noise)
+    before normalising, or for cifar normalise, pad with zeros, crop and flip."""
+    c = make_config("folder", dataset_dirs, train_augment=augment, normalization="per_pixel_mean")
+    p = pipeline(c)
+    assert p.train_feed_spec()["image"] == ((8, 32, 32, 3), np.dtype(np.uint8))
+    assert p.plan().host_bytes_per_image == 32 * 32 * 3
+    assert plan_data(c.data, p.hosts, c.seed).host_bytes_per_image == 32 * 32 * 3
+    step = 4
+    feed, batch = next(p.train_feed(step)), next(p.train_batches(step))
+    assert feed["image"].dtype == np.uint8 and feed["image"].nbytes == 8 * 32 * 32 * 3
+    np.testing.assert_array_equal(batch["label"], feed["label"])
+    crop_key, lighting_key = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), step))
+    offsets, flips = map(np.asarray, crop_offsets_and_flips(crop_key, 8, p.augmentation))
+    pixels, mean, std = feed["image"].astype(np.float64), p.mean, p.std
+    flip = (augment != "none") & flips
+    if augment == "cifar":
+        padded = np.pad((pixels - mean) / std, ((0, 0), (4, 4), (4, 4), (0, 0)))
+        expected = np.stack([padded[i, y:y + 32, x:x + 32] for i, (y, x) in enumerate(offsets)])
+        expected[flip] = expected[flip][:, :, ::-1]
+    else:
+        pixels[flip] = pixels[flip][:, :, ::-1]
+        if augment == "paper_imagenet":
+            pixels += np.asarray(lighting_noise(lighting_key, 8))[:, None, None]
+        expected = (pixels - mean) / std
+    assert 0 < flip.sum() < 8 or augment == "none"
+    np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-5)
+    feed, batch = next(p.eval_feed()), next(p.eval_batches())
+    assert feed["image"].dtype == np.uint8
+    np.testing.assert_allclose(batch["image"], (feed["image"] - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_host_bytes_per_image_of_each_placement(dataset_dirs):
+    c = make_config("folder", dataset_dirs, train_augment="cifar", placement="auto")
+    hosts = HostSlice(8, 4)
+    assert plan_data(c.data, hosts, c.seed).host_bytes_per_image == 0  # on the devices
+    digits = base_config()
+    digits.data.placement = "host"
+    assert plan_data(digits.data, hosts, 0).host_bytes_per_image == 8 * 8 * 4  # float32
