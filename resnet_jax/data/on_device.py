@@ -36,6 +36,9 @@ PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
                              [-0.5808, -0.0045, -0.8140],
                              [-0.5836, -0.6948, 0.4203]], np.float32)
 PCA_NOISE_STD = 0.1
+# fold_in(key, LIGHTING_STREAM) keys the lighting noise: a stream apart from the two keys that
+# crop_offsets_and_flips splits `key` into.
+LIGHTING_STREAM = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,17 +87,17 @@ def augment_pixels(pixels: jax.Array, mean: jax.Array, std: jax.Array, key: jax.
 
     With padding (cifar, digits): normalise, pad with zeros (the mean), crop, flip (`augment`).
     Without: flip the pixels, add the lighting noise, normalise (a per-pixel mean image is not
-    mirrored with the pixels). Crop offsets and flips from crop_offsets_and_flips(first half of
-    split(key)), the lighting noise from lighting_noise(second half).
+    mirrored with the pixels). Crop offsets and flips from crop_offsets_and_flips(key), the lighting
+    noise from lighting_noise(fold_in(key, LIGHTING_STREAM)).
     """
-    crop_key, lighting_key = jax.random.split(key)
     if augmentation.pad:
-        return augment(normalize(pixels, mean, std), crop_key, augmentation)
+        return augment(normalize(pixels, mean, std), key, augmentation)
     images = pixels.astype(jnp.float32)
-    _, flips = crop_offsets_and_flips(crop_key, images.shape[0], augmentation)
+    _, flips = crop_offsets_and_flips(key, images.shape[0], augmentation)
     images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
     if augmentation.lighting:
-        images = images + lighting_noise(lighting_key, images.shape[0])[:, None, None, :]
+        noise = lighting_noise(jax.random.fold_in(key, LIGHTING_STREAM), images.shape[0])
+        images = images + noise[:, None, None, :]
     return normalize(images, mean, std)
 
 
