@@ -154,10 +154,10 @@ def plan_data(data_config, hosts: HostSlice, seed: int) -> DataPlan:
 def _split_sizes(data_config, hosts: HostSlice, seed: int) -> DataPlan:
     """plan_data's sizes, with the host bytes per image of the host pipeline (file-backed datasets
     feed uint8 images)."""
-    shape = (data_config.image_size, data_config.image_size, data_config.channels)
-    pixels = int(np.prod(shape))
     if data_config.dataset not in catalog.DATASETS:
         return BUILDERS[data_config.dataset](data_config, hosts, seed).plan()
+    shape = (data_config.image_size, data_config.image_size, data_config.channels)
+    pixels = int(np.prod(shape))
     entry = catalog.DATASETS[data_config.dataset]
     try:
         source = open_source(data_config)

@@ -32,7 +32,7 @@ import os
 import resource
 import tempfile
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from absl import flags
@@ -56,7 +56,7 @@ def write_dataset(root: str, num_images: int, num_eval_images: int, source: str)
         store_folder_as_tfds(folder, TFDS_NAME, os.path.join(root, "tfds"))
 
 
-def make_config(args, root: str, augment: str = None):
+def make_config(args, root: str, augment: Optional[str] = None):
     from resnet_jax.config import base_config
 
     c = base_config()
@@ -86,7 +86,7 @@ def seconds_to_first_batch(pipeline, start_step: int) -> float:
     return time.perf_counter() - start
 
 
-def build(args, root: str, augment: str = None):
+def build(args, root: str, augment: Optional[str] = None):
     """Our host pipeline of the benchmark's dataset, built as training builds it."""
     from resnet_jax.config import validate_config
     from resnet_jax.data import HostSlice, build_pipeline
