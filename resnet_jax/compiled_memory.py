@@ -22,7 +22,7 @@ import numpy as np
 
 from resnet_jax import optim, parallel
 from resnet_jax.config import model_options
-from resnet_jax.data import catalog
+from resnet_jax.data import host_feed_dtype
 from resnet_jax.data.base import Pipeline, host_feed_spec
 from resnet_jax.data.on_device import normalize
 from resnet_jax.experiment import Experiment, jit_init, jit_multi_step
@@ -106,13 +106,13 @@ def planned_train_step_memory(config, plan: RunPlan, devices=None) -> Optional[C
     schedule = optim.learning_rate_schedule(config.schedule, plan.steps_per_epoch,
                                             config.global_batch_size)
     tx = optim.build_optimizer(config.optimizer, schedule)
-    if config.data.dataset in catalog.DATASETS:  # uint8 pixels, normalised in the step
-        dtype = np.uint8
+    dtype = host_feed_dtype(config.data)
+    if dtype == np.uint8:  # normalised in the step
 
         def batch_from_feed(arrays, feed, step):
             return {"image": normalize(feed["image"], 0.0, 1.0), "label": feed["label"]}
     else:
-        dtype, batch_from_feed = np.float32, Pipeline.train_batch_from_feed
+        batch_from_feed = Pipeline.train_batch_from_feed
     multi_step = jit_multi_step(config, model, tx, schedule, batch_from_feed, mesh)
     state = jax.eval_shape(jit_init(config, model, tx, plan.data.image_shape, mesh))
     batch = config.global_batch_size

@@ -134,6 +134,12 @@ def on_devices(data_config, hosts: HostSlice, seed: int) -> bool:
     return data_config.placement == "device"
 
 
+def host_feed_dtype(data_config) -> np.dtype:
+    """The dtype of the images the host pipeline of `data_config` feeds: uint8 crops from TFDS and
+    folder datasets (normalised in the step), float32 from the digits and synthetic data."""
+    return np.dtype(np.uint8 if data_config.dataset in catalog.DATASETS else np.float32)
+
+
 def build_pipeline(data_config, hosts: HostSlice, seed: int) -> Pipeline:
     """The pipeline of `data_config.dataset` for this process, on the host or on the devices."""
     builders = DEVICE_BUILDERS if on_devices(data_config, hosts, seed) else BUILDERS
@@ -182,4 +188,5 @@ def _split_sizes(data_config, hosts: HostSlice, seed: int) -> DataPlan:
 
 
 __all__ = ["BUILDERS", "Batch", "DEVICE_BUILDERS", "DataPlan", "HostSlice", "Pipeline",
-           "build_pipeline", "check_dataset", "on_devices", "plan_data", "validate_data_config"]
+           "build_pipeline", "check_dataset", "host_feed_dtype", "on_devices", "plan_data",
+           "validate_data_config"]
