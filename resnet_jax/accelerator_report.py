@@ -230,8 +230,7 @@ def host_pipeline(sizes: Sizes, report: dict) -> dict:
         _run([sys.executable, "-m", "resnet_jax.data.benchmark", *sizes.pipeline_args,
               "--json", path], dict(os.environ, JAX_PLATFORMS="cpu"))
         with open(path) as f:
-            result = json.load(f)
-    return {**result, "host_bytes_per_image": result.get("host_bytes_per_image")}
+            return json.load(f)
 
 
 SECTIONS: dict[str, Callable[[Sizes, dict], dict]] = {
@@ -351,7 +350,7 @@ def format_markdown(report: dict) -> str:
     if figures.get("host_pipeline"):
         f = figures["host_pipeline"]
         row("host_pipeline", "train images per CPU-second; host bytes per image",
-            f"{f['train_images_per_cpu_s']:,.0f}; {_fmt(f['host_bytes_per_image'], ',.0f')}")
+            f"{f['train_images_per_cpu_s']:,.0f}; {f['host_bytes_per_image']:,}")
     notes = [f"- {name}: {s['status']}: {s.get('reason') or s.get('error')}"
              for name, s in sections.items() if s["status"] != "ok"]
     title = (f"# Accelerator report{' (smoke)' if report['smoke'] else ''}\n\n"

@@ -4,8 +4,9 @@
 steps on abstract inputs (jax.ShapeDtypeStruct with the run's shardings): the start-up header
 prints it. jit keeps the executable in its cache, so the loop's first dispatch of that length does
 not compile again. `planned_train_step_memory(config, plan)` does the same without a dataset, for
---dry_run and `benchmark --max_batch`: the model's train step on a host feed of float32 images
-(examples held on the devices would add their arrays, and their batch gather, to this figure).
+--dry_run and `benchmark --max_batch`: the model's train step on a host feed of images, uint8
+normalised in the step for file-backed datasets, float32 for the in-memory ones (examples held on
+the devices would add their arrays, and their batch gather, to this figure).
 
 The figures are XLA's `memory_analysis()` of the compiled executable, per device: arguments
 (train state, device arrays, feeds), outputs (new state, metrics), the temporary buffer
@@ -21,7 +22,9 @@ import numpy as np
 
 from resnet_jax import optim, parallel
 from resnet_jax.config import model_options
+from resnet_jax.data import host_feed_dtype
 from resnet_jax.data.base import Pipeline, host_feed_spec
+from resnet_jax.data.on_device import normalize
 from resnet_jax.experiment import Experiment, jit_init, jit_multi_step
 from resnet_jax.models import create_model
 from resnet_jax.plan import RunPlan
@@ -103,9 +106,16 @@ def planned_train_step_memory(config, plan: RunPlan, devices=None) -> Optional[C
     schedule = optim.learning_rate_schedule(config.schedule, plan.steps_per_epoch,
                                             config.global_batch_size)
     tx = optim.build_optimizer(config.optimizer, schedule)
-    multi_step = jit_multi_step(config, model, tx, schedule, Pipeline.train_batch_from_feed, mesh)
+    dtype = host_feed_dtype(config.data)
+    if dtype == np.uint8:  # normalised in the step
+
+        def batch_from_feed(arrays, feed, step):
+            return {"image": normalize(feed["image"], 0.0, 1.0), "label": feed["label"]}
+    else:
+        batch_from_feed = Pipeline.train_batch_from_feed
+    multi_step = jit_multi_step(config, model, tx, schedule, batch_from_feed, mesh)
     state = jax.eval_shape(jit_init(config, model, tx, plan.data.image_shape, mesh))
     batch = config.global_batch_size
-    feeds = _abstract_feeds(host_feed_spec(batch, plan.data.image_shape), plan.steps_per_dispatch,
-                            batch, mesh)
+    feeds = _abstract_feeds(host_feed_spec(batch, plan.data.image_shape, dtype),
+                            plan.steps_per_dispatch, batch, mesh)
     return of_compiled(multi_step.lower(state, {}, feeds).compile(MEASURE_ONLY_COMPILER_OPTIONS))

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from resnet_jax import optim
 from resnet_jax.compiled_memory import CompiledMemory
+from resnet_jax.data import host_feed_dtype
 from resnet_jax.plan import RunPlan
 
 
@@ -38,8 +39,9 @@ def header(plan: RunPlan, workdir: Optional[str], resume_step: Optional[int],
         + (f", BatchNorm over groups of {c.model.bn_group_size}" if c.model.bn_group_size else ""),
         f"data:     {c.data.dataset}: {d.num_train_examples:,} train / {d.num_eval_examples:,} eval "
         f"examples, {d.num_classes} classes ({d.origin}); "
-        f"{'on the devices' if plan.on_devices else 'host pipeline'}, "
-        f"{plan.steps_per_dispatch} step(s) per dispatch",
+        + ("on the devices, " if plan.on_devices
+           else f"host pipeline ({d.host_bytes_per_image:,} bytes per image), ")
+        + f"{plan.steps_per_dispatch} step(s) per dispatch",
         f"length:   {plan.total_steps:,} steps = {plan.total_steps / plan.steps_per_epoch:,.2f} "
         f"epochs of {plan.steps_per_epoch:,} steps",
         f"schedule: {optim.describe_in_one_line(c.schedule, c.optimizer, c.global_batch_size)}",
@@ -54,7 +56,8 @@ def dry_run_report(plan: RunPlan, memory: Optional[CompiledMemory] = None) -> st
     c = plan.config
     return "\n\n".join([
         "Resolved config:\n" + str(c),
-        header(plan, None, None, memory, memory_of="train step on a host feed of float32 images"),
+        header(plan, None, None, memory,
+               memory_of=f"train step on a host feed of {host_feed_dtype(c.data)} images"),
         "Model:\n" + plan.model.format(),
         "Schedule:\n" + optim.describe_schedule(c.schedule, plan.steps_per_epoch,
                                                 c.global_batch_size),

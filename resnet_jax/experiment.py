@@ -56,7 +56,7 @@ class Experiment:
         return RunPlan(self.config, self.pipeline.plan(),
                        summarize_module(self.model, self.config.model.name, size, channels),
                        self.mesh.size, jax.process_count(), device.device_kind,
-                       bool(self.pipeline.device_arrays()), self.steps_per_dispatch)
+                       self.pipeline.examples_on_devices, self.steps_per_dispatch)
 
     def device_data(self) -> dict[str, jax.Array]:
         """The pipeline's device arrays, replicated on the mesh (placed at the first call)."""
@@ -127,7 +127,7 @@ def build_experiment(config, devices=None, training: bool = True) -> Experiment:
     eval_feed_step = jax.jit(
         lambda state, arrays, feed: eval_fn(state, pipeline.eval_batch_from_feed(arrays, feed)),
         in_shardings=(replicated, replicated, batch), out_shardings=replicated)
-    steps_per_dispatch = resolve_steps_per_dispatch(config, bool(pipeline.device_arrays()),
+    steps_per_dispatch = resolve_steps_per_dispatch(config, pipeline.examples_on_devices,
                                                     mesh.devices.flat[0].platform)
     return Experiment(config, mesh, pipeline, model, schedule, tx,
                       optim.total_steps(config.schedule, pipeline.steps_per_epoch), init,

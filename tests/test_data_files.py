@@ -4,13 +4,16 @@ disjointness, exact eval coverage with padding, and resume at the exact position
 
 import io
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from resnet_jax.config import base_config, validate_config
-from resnet_jax.data import HostSlice, build_pipeline
+from resnet_jax.data import HostSlice, build_pipeline, plan_data
 from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_folder
+from resnet_jax.data.on_device import (LIGHTING_STREAM, augment_pixels, crop_offsets_and_flips,
+                                       lighting_noise)
 from resnet_jax.data.preprocessing import Preprocessor
 from resnet_jax.data.sources import FolderSource, InMemorySource, TFDSSource
 
@@ -98,8 +101,7 @@ def jpeg_bytes(image):
 
 
 def preprocessor(augment, size=32, resize=37):
-    return Preprocessor(size, 3, augment, resize, "center", (size,), 255 * TORCHVISION_MEAN,
-                        255 * TORCHVISION_STD)
+    return Preprocessor(size, 3, augment, resize, "center", (size,))
 
 
 def test_torchvision_eval_matches_pil_resize_and_center_crop():
@@ -112,7 +114,8 @@ def test_torchvision_eval_matches_pil_resize_and_center_crop():
     left, top = int(round((resized.width - 56) / 2.0)), int(round((resized.height - 56) / 2.0))
     reference = np.asarray(resized.crop((left, top, left + 56, top + 56)), np.float32) / 255
     reference = (reference - TORCHVISION_MEAN) / TORCHVISION_STD
-    ours = preprocessor("none", 56, 64).eval(encoded)["image"].numpy()
+    pixels = preprocessor("none", 56, 64).eval(encoded)["image"].numpy()
+    ours = (pixels / np.float32(255) - TORCHVISION_MEAN) / TORCHVISION_STD  # as the devices do
     assert ours.shape == reference.shape
     assert np.abs(ours - reference).max() <= 1.01 / 255 / TORCHVISION_STD.min()  # one grey level
 
@@ -122,11 +125,11 @@ def test_train_augmentations_flip_about_half_the_time(augment):
     ramp = np.tile(np.linspace(0, 255, 48, dtype=np.float32)[None, :, None], (40, 1, 3))
     encoded = jpeg_bytes(ramp.astype(np.uint8))
     pre = preprocessor(augment)
-    flipped = 0
-    for i in range(40):
-        image = pre.train(encoded, np.array([7, i], np.int64)).numpy()
-        assert image.shape == (32, 32, 3)
-        flipped += image[:, :16].mean() > image[:, 16:].mean()
+    crops = [pre.train(encoded, np.array([7, i], np.int64)).numpy() for i in range(40)]
+    assert all(c.shape == (32, 32, 3) and c[:, :16].mean() < c[:, 16:].mean() for c in crops)
+    images = np.asarray(augment_pixels(np.stack(crops), 0.0, 1.0, jax.random.key(7),
+                                       pre.augmentation()))  # the flips are the devices'
+    flipped = sum(image[:, :16].mean() > image[:, 16:].mean() for image in images)
     assert 8 <= flipped <= 32
 
 
@@ -156,14 +159,14 @@ def test_processes_read_disjoint_parts_of_each_epoch(source, dataset_dirs):
 @pytest.mark.parametrize("process_count,eval_batch_size", [(1, 4), (2, 2), (3, 6), (8, 8)])
 @pytest.mark.parametrize("source", ["folder", "tfds"])  # eval reads tfds_stream as tfds
 def test_eval_covers_the_split_exactly_once(source, dataset_dirs, process_count, eval_batch_size):
-    c = make_config(source, dataset_dirs)
-    reference = [example_id(img) for b in pipeline(c).eval_batches()
+    c = make_config(source, dataset_dirs)  # the feeds: padding rows are zero pixels
+    reference = [example_id(img) for b in pipeline(c).eval_feed()
                  for img, keep in zip(b["image"], b["mask"]) if keep]
     assert len(set(reference)) == EVAL
     c.global_batch_size = c.eval_batch_size = eval_batch_size  # divisible by the process count
     seen, batch_counts = [], []
     for i in range(process_count):
-        batches = list(pipeline(c, i, process_count).eval_batches())
+        batches = list(pipeline(c, i, process_count).eval_feed())
         batch_counts.append(len(batches))
         for b in batches:
             assert b["image"].shape == (eval_batch_size // process_count, 32, 32, 3)
@@ -189,9 +192,53 @@ def test_resume_continues_at_the_exact_position(source, dataset_dirs):
 def test_per_pixel_mean_and_measured_channel_statistics(dataset_dirs):
     c = make_config("folder", dataset_dirs, train_augment="cifar", normalization="per_pixel_mean")
     p = pipeline(c)
-    assert p.preprocessor.mean.shape == (32, 32, 3) and p.preprocessor.std.shape == ()
+    assert p.mean.shape == (32, 32, 3) and p.std.shape == ()
     c.data.normalization = "per_channel"  # no published statistics for a folder: measured
     p = pipeline(c)
-    assert p.preprocessor.mean.shape == (3,) and 50 < p.preprocessor.mean.mean() < 200
+    assert p.mean.shape == (3,) and 50 < p.mean.mean() < 200
     views = np.concatenate([b["image"][b["mask"]] for b in pipeline(c).eval_batches()])
     assert abs(views.mean()) < 0.5
+
+
+@pytest.mark.parametrize("augment", ["paper_imagenet", "inception", "cifar", "none"])
+def test_the_host_feeds_uint8_and_the_step_normalises_and_augments(dataset_dirs, augment):
+    """The feed is uint8, H * W * C bytes per image; the batch the step makes from it is numpy's
+    normalisation by hand with the step's draws: flip (and for paper_imagenet the lighting noise)
+    before normalising, or for cifar normalise, pad with zeros, crop and flip."""
+    c = make_config("folder", dataset_dirs, train_augment=augment, normalization="per_pixel_mean")
+    p = pipeline(c)
+    assert p.train_feed_spec()["image"] == ((8, 32, 32, 3), np.dtype(np.uint8))
+    assert p.plan().host_bytes_per_image == 32 * 32 * 3
+    assert plan_data(c.data, p.hosts, c.seed).host_bytes_per_image == 32 * 32 * 3
+    step = 4
+    feed, batch = next(p.train_feed(step)), next(p.train_batches(step))
+    assert feed["image"].dtype == np.uint8 and feed["image"].nbytes == 8 * 32 * 32 * 3
+    np.testing.assert_array_equal(batch["label"], feed["label"])
+    key = jax.random.fold_in(jax.random.key(c.seed), step)
+    offsets, flips = map(np.asarray, crop_offsets_and_flips(key, 8, p.augmentation))
+    pixels, mean, std = feed["image"].astype(np.float64), p.mean, p.std
+    flip = (augment != "none") & flips
+    if augment == "cifar":
+        padded = np.pad((pixels - mean) / std, ((0, 0), (4, 4), (4, 4), (0, 0)))
+        expected = np.stack([padded[i, y:y + 32, x:x + 32] for i, (y, x) in enumerate(offsets)])
+        expected[flip] = expected[flip][:, :, ::-1]
+    else:
+        pixels[flip] = pixels[flip][:, :, ::-1]
+        if augment == "paper_imagenet":
+            lighting_key = jax.random.fold_in(key, LIGHTING_STREAM)
+            pixels += np.asarray(lighting_noise(lighting_key, 8))[:, None, None]
+        expected = (pixels - mean) / std
+    assert 0 < flip.sum() < 8 or augment == "none"
+    np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-5)
+    feed, batch = next(p.eval_feed()), next(p.eval_batches())
+    assert feed["image"].dtype == np.uint8
+    np.testing.assert_allclose(batch["image"], (feed["image"] - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_host_bytes_per_image_of_each_placement(dataset_dirs):
+    c = make_config("folder", dataset_dirs, train_augment="cifar", placement="auto")
+    hosts = HostSlice(8, 4)
+    assert plan_data(c.data, hosts, c.seed).host_bytes_per_image == 0  # on the devices
+    digits = base_config()
+    digits.data.placement = "host"
+    assert plan_data(digits.data, hosts, 0).host_bytes_per_image == 8 * 8 * 4  # float32

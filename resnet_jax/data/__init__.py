@@ -11,6 +11,7 @@ train_augment cifar or none and eval_crop center) and both splits take at most
 DEVICE_BUDGET_BYTES there.
 """
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -119,7 +120,7 @@ def device_bytes(data_config, hosts: HostSlice, seed: int) -> int:
         pixel_bytes, shape = 4, (d.image_size, d.image_size, d.channels)
         examples = d.num_train_examples + d.num_eval_examples
     else:
-        plan = plan_data(d, hosts, seed)
+        plan = _split_sizes(d, hosts, seed)
         pixel_bytes, shape = 1, plan.image_shape
         examples = plan.num_train_examples + plan.num_eval_examples
     return examples * (int(np.prod(shape)) * pixel_bytes + 4)
@@ -133,6 +134,12 @@ def on_devices(data_config, hosts: HostSlice, seed: int) -> bool:
     return data_config.placement == "device"
 
 
+def host_feed_dtype(data_config) -> np.dtype:
+    """The dtype of the images the host pipeline of `data_config` feeds: uint8 crops from TFDS and
+    folder datasets (normalised in the step), float32 from the digits and synthetic data."""
+    return np.dtype(np.uint8 if data_config.dataset in catalog.DATASETS else np.float32)
+
+
 def build_pipeline(data_config, hosts: HostSlice, seed: int) -> Pipeline:
     """The pipeline of `data_config.dataset` for this process, on the host or on the devices."""
     builders = DEVICE_BUILDERS if on_devices(data_config, hosts, seed) else BUILDERS
@@ -142,10 +149,21 @@ def build_pipeline(data_config, hosts: HostSlice, seed: int) -> Pipeline:
 def plan_data(data_config, hosts: HostSlice, seed: int) -> DataPlan:
     """The sizes of `data_config`'s splits: from the prepared dataset where it is there, else from
     the published sizes of cifar10, cifar100 and imagenet2012 (default splits or TFDS slices of
-    them). Raises ConfigError for any other dataset that is not prepared."""
-    shape = (data_config.image_size, data_config.image_size, data_config.channels)
+    them), and the image bytes the host feeds per train example. Raises ConfigError for any other
+    dataset that is not prepared."""
+    plan = _split_sizes(data_config, hosts, seed)
+    if on_devices(data_config, hosts, seed):
+        return dataclasses.replace(plan, host_bytes_per_image=0)
+    return plan
+
+
+def _split_sizes(data_config, hosts: HostSlice, seed: int) -> DataPlan:
+    """plan_data's sizes, with the host bytes per image of the host pipeline (file-backed datasets
+    feed uint8 images)."""
     if data_config.dataset not in catalog.DATASETS:
         return BUILDERS[data_config.dataset](data_config, hosts, seed).plan()
+    shape = (data_config.image_size, data_config.image_size, data_config.channels)
+    pixels = int(np.prod(shape))
     entry = catalog.DATASETS[data_config.dataset]
     try:
         source = open_source(data_config)
@@ -163,11 +181,12 @@ def plan_data(data_config, hosts: HostSlice, seed: int) -> DataPlan:
                               f"do not name examples of {data_config.dataset} (published splits: "
                               f"{entry.split_sizes}): {e}") from None
         return DataPlan(entry.num_classes, shape, train, held_out,
-                        f"published sizes: {data_config.dataset} is not prepared here")
+                        f"published sizes: {data_config.dataset} is not prepared here", pixels)
     train_ranges, eval_ranges = split_ranges(source, data_config)
     return DataPlan(source.num_classes, shape, splits.count(train_ranges),
-                    splits.count(eval_ranges), f"prepared: {source.name}")
+                    splits.count(eval_ranges), f"prepared: {source.name}", pixels)
 
 
 __all__ = ["BUILDERS", "Batch", "DEVICE_BUILDERS", "DataPlan", "HostSlice", "Pipeline",
-           "build_pipeline", "check_dataset", "on_devices", "plan_data", "validate_data_config"]
+           "build_pipeline", "check_dataset", "host_feed_dtype", "on_devices", "plan_data",
+           "validate_data_config"]

@@ -15,9 +15,10 @@ A pipeline yields host-local numpy batches: this process's rows of each global b
 The training loop and evaluation read a pipeline through its feeds: per step (per eval batch) a
 host-local dict that the jitted step turns into the batch with `train_batch_from_feed(arrays, feed,
 step)` (`eval_batch_from_feed(arrays, feed)`), where `arrays` is `device_arrays()` placed on the
-devices once. Host pipelines feed the batches themselves, have no device arrays, and these functions
-return the feed unchanged; pipelines that hold their examples on the devices (on_device.py) feed
-indices instead.
+devices once. The in-memory host pipelines here (digits, synthetic) feed the batches themselves,
+have no device arrays, and these functions return the feed unchanged; the host pipelines of
+file-backed datasets (tf_pipeline.py) feed uint8 images that the step normalises and augments;
+pipelines that hold their examples on the devices (on_device.py) feed indices.
 """
 
 import abc
@@ -105,13 +106,23 @@ class DataPlan:
     num_train_examples: int
     num_eval_examples: int
     origin: str  # where the sizes come from, for the reader of a plan
+    host_bytes_per_image: int  # image bytes the host feeds per train example (0: held on devices)
 
 
-def host_feed_spec(batch_size: int, image_shape: tuple[int, int, int]
+def host_feed_spec(batch_size: int, image_shape: tuple[int, int, int], dtype=np.float32
                    ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """{key: (shape, dtype)} of a host pipeline's train batch of `batch_size` rows."""
-    return {"image": ((batch_size, *image_shape), np.dtype(np.float32)),
+    """{key: (shape, dtype)} of a host pipeline's train feed of `batch_size` rows: images of
+    `dtype` (uint8 from file-backed datasets, float32 from the in-memory ones) and int32 labels."""
+    return {"image": ((batch_size, *image_shape), np.dtype(dtype)),
             "label": ((batch_size,), np.dtype(np.int32))}
+
+
+def image_bytes_per_example(spec: dict[str, tuple[tuple[int, ...], np.dtype]]) -> int:
+    """Bytes of one row of a train feed `spec`'s "image" (0 when it feeds no image)."""
+    if "image" not in spec:
+        return 0
+    shape, dtype = spec["image"]
+    return int(np.prod(shape[1:])) * dtype.itemsize
 
 
 class Pipeline(abc.ABC):
@@ -123,6 +134,7 @@ class Pipeline(abc.ABC):
     num_eval_examples: int
     hosts: HostSlice
     origin: str = "in memory"  # where the examples come from, for the start-up header
+    examples_on_devices: bool = False  # held on the devices, the host feeding indices
 
     @property
     def steps_per_epoch(self) -> int:
@@ -131,7 +143,8 @@ class Pipeline(abc.ABC):
     def plan(self) -> DataPlan:
         """The sizes of the examples this pipeline holds or reads."""
         return DataPlan(self.num_classes, self.image_shape, self.num_train_examples,
-                        self.num_eval_examples, self.origin)
+                        self.num_eval_examples, self.origin,
+                        image_bytes_per_example(self.train_feed_spec()))
 
     @abc.abstractmethod
     def train_batches(self, start_step: int = 0) -> Iterator[Batch]:

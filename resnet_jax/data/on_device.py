@@ -9,14 +9,17 @@ Train feed of step t: {"index": int32 [B_local]}, this process's rows of the glo
 global batch is rows [i * B, (i + 1) * B) of epoch_order(seed, e, N) with (e, i) = divmod(t,
 steps_per_epoch), as ArrayPipeline reads them, so resuming at any step continues with the same
 examples. Augmentation, from jax.random.fold_in(key(seed), t) over the whole global batch (threefry
-is partitionable, so the draws do not depend on the device or process count): normalise, pad `pad`
-pixels with zeros (the mean after normalising), take an S x S crop at an offset uniform in
-[0, 2 * pad]^2 and, with `flip`, mirror it left-right with probability 1/2.
+is partitionable, so the draws do not depend on the device or process count): `augment_pixels`.
 Eval feed: {"index": int32 [E_local], "mask": bool [E_local]}, this process's rows of global eval
 batch b, which holds examples [b * E, (b + 1) * E) (past the end: the last example, masked), so
 every example is counted exactly once.
+
+`augment_pixels` and `normalize` are also the device half of the host pipelines of file-backed
+datasets (tf_pipeline.py), which feed uint8 crops; `FedPipeline` is what both kinds share: the
+batches the jitted step makes from the feeds, made again on the host for code that reads batches.
 """
 
+import abc
 import dataclasses
 from typing import Iterator
 
@@ -27,12 +30,25 @@ import numpy as np
 from resnet_jax.data.base import Batch, HostSlice, Pipeline, epoch_order
 
 
+# AlexNet's PCA of ImageNet RGB pixels (0-1 scale): eigenvalues and eigenvectors (columns).
+PCA_EIGENVALUES = np.array([0.2175, 0.0188, 0.0045], np.float32)
+PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
+                             [-0.5808, -0.0045, -0.8140],
+                             [-0.5836, -0.6948, 0.4203]], np.float32)
+PCA_NOISE_STD = 0.1
+# fold_in(key, LIGHTING_STREAM) keys the lighting noise: a stream apart from the two keys that
+# crop_offsets_and_flips splits `key` into.
+LIGHTING_STREAM = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """Random crop of the image padded by `pad` pixels (0: none) and, if `flip`, a mirror."""
+    """Random crop of the image padded by `pad` pixels (0: none), if `flip` a mirror, and if
+    `lighting` AlexNet's PCA lighting noise (3 channels, no padding)."""
 
     pad: int = 0
     flip: bool = False
+    lighting: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +68,39 @@ def crop_offsets_and_flips(key: jax.Array, batch: int, augmentation: Augmentatio
     return offsets, flips
 
 
+def lighting_noise(key: jax.Array, batch: int) -> jax.Array:
+    """float32 [batch, 3]: AlexNet's lighting noise on the 0-255 scale, 255 V (alpha * lambda) with
+    alpha ~ N(0, PCA_NOISE_STD^2) per image and channel, V and lambda ImageNet's RGB PCA."""
+    alpha = PCA_NOISE_STD * jax.random.normal(key, (batch, 3), jnp.float32)
+    return 255.0 * (alpha * PCA_EIGENVALUES) @ PCA_EIGENVECTORS.T
+
+
+def normalize(pixels: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """float32 (pixels - mean) / std; pixels [..., S, S, C] (uint8 or float), mean [C], [S, S, C]
+    or [], std [C] or [], on the pixels' scale."""
+    return (pixels.astype(jnp.float32) - mean) / std
+
+
+def augment_pixels(pixels: jax.Array, mean: jax.Array, std: jax.Array, key: jax.Array,
+                   augmentation: Augmentation) -> jax.Array:
+    """[B, S, S, C] pixels (uint8 or float) -> float32 normalised and augmented model input.
+
+    With padding (cifar, digits): normalise, pad with zeros (the mean), crop, flip (`augment`).
+    Without: flip the pixels, add the lighting noise, normalise (a per-pixel mean image is not
+    mirrored with the pixels). Crop offsets and flips from crop_offsets_and_flips(key), the lighting
+    noise from lighting_noise(fold_in(key, LIGHTING_STREAM)).
+    """
+    if augmentation.pad:
+        return augment(normalize(pixels, mean, std), key, augmentation)
+    images = pixels.astype(jnp.float32)
+    _, flips = crop_offsets_and_flips(key, images.shape[0], augmentation)
+    images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    if augmentation.lighting:
+        noise = lighting_noise(jax.random.fold_in(key, LIGHTING_STREAM), images.shape[0])
+        images = images + noise[:, None, None, :]
+    return normalize(images, mean, std)
+
+
 def augment(images: jax.Array, key: jax.Array, augmentation: Augmentation) -> jax.Array:
     """float32 [B, S, S, C] normalised images -> the same, padded with zeros, cropped and flipped."""
     pad = augmentation.pad
@@ -64,8 +113,49 @@ def augment(images: jax.Array, key: jax.Array, augmentation: Augmentation) -> ja
     return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
 
 
-class DevicePipeline(Pipeline):
+class FedPipeline(Pipeline):
+    """A pipeline whose batches the jitted step makes from its feeds (train_batch_from_feed,
+    eval_batch_from_feed); train_batches and eval_batches make the same batches on the default
+    device and fetch them, for code that reads batches on the host."""
+
+    @abc.abstractmethod
+    def train_feed(self, start_step: int = 0) -> Iterator[Batch]:
+        """Host-local feeds of steps start_step, start_step + 1, ..."""
+
+    @abc.abstractmethod
+    def eval_feed(self) -> Iterator[Batch]:
+        """Host-local feeds of the eval batches."""
+
+    def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
+        """This process's rows of the global batches the jitted step makes: each feed is placed at
+        this process's rows of a global feed (zeros elsewhere), so that draws over the global batch
+        are the step's."""
+        arrays = jax.device_put(self.device_arrays())
+        make = jax.jit(self.train_batch_from_feed)
+        rows, size = self.hosts.local_rows(), self.hosts.global_batch_size
+        for step, feed in enumerate(self.train_feed(start_step), start_step):
+            if self.hosts.process_count > 1:
+                feed = {k: _placed_at(v, rows, size) for k, v in feed.items()}
+            yield {k: np.asarray(v)[rows] for k, v in make(arrays, feed, step).items()}
+
+    def eval_batches(self) -> Iterator[Batch]:
+        arrays = jax.device_put(self.device_arrays())
+        make = jax.jit(self.eval_batch_from_feed)
+        for feed in self.eval_feed():
+            yield jax.tree.map(np.asarray, make(arrays, feed))
+
+
+def _placed_at(rows_array: np.ndarray, rows: slice, size: int) -> np.ndarray:
+    """`rows_array` at `rows` of zeros [size, ...]."""
+    out = np.zeros((size,) + rows_array.shape[1:], rows_array.dtype)
+    out[rows] = rows_array
+    return out
+
+
+class DevicePipeline(FedPipeline):
     """A dataset whose train and eval splits live on the devices (see the module docstring)."""
+
+    examples_on_devices = True
 
     def __init__(self, train: Split, eval_: Split, num_classes: int, mean, std,
                  augmentation: Augmentation, hosts: HostSlice, seed: int,
@@ -117,33 +207,12 @@ class DevicePipeline(Pipeline):
             yield {"index": np.minimum(index, n - 1).astype(np.int32), "mask": index < n}
 
     def train_batch_from_feed(self, arrays, feed, step):
-        images = self._normalize(arrays, arrays["train_images"][feed["index"]])
         key = jax.random.fold_in(jax.random.key(self.seed), step)
-        return {"image": augment(images, key, self.augmentation),
+        return {"image": augment_pixels(arrays["train_images"][feed["index"]], arrays["mean"],
+                                        arrays["std"], key, self.augmentation),
                 "label": arrays["train_labels"][feed["index"]]}
 
     def eval_batch_from_feed(self, arrays, feed):
-        return {"image": self._normalize(arrays, arrays["eval_images"][feed["index"]]),
+        return {"image": normalize(arrays["eval_images"][feed["index"]], arrays["mean"],
+                                   arrays["std"]),
                 "label": arrays["eval_labels"][feed["index"]], "mask": feed["mask"]}
-
-    @staticmethod
-    def _normalize(arrays, images):
-        return (images.astype(jnp.float32) - arrays["mean"]) / arrays["std"]
-
-    def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
-        """The host-local batches the training loop makes on the devices, made on the default
-        device and fetched (for code that reads batches on the host)."""
-        arrays = jax.device_put(self.device_arrays())
-        make = jax.jit(self.train_batch_from_feed)
-        rows = self.hosts.local_rows()
-        step = start_step
-        while True:
-            batch = make(arrays, {"index": self.global_indices(step)}, step)
-            yield {k: np.asarray(v)[rows] for k, v in batch.items()}
-            step += 1
-
-    def eval_batches(self) -> Iterator[Batch]:
-        arrays = jax.device_put(self.device_arrays())
-        make = jax.jit(self.eval_batch_from_feed)
-        for feed in self.eval_feed():
-            yield jax.tree.map(np.asarray, make(arrays, feed))

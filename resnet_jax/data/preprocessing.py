@@ -1,42 +1,41 @@
-"""Encoded image -> model input, in TensorFlow, one example at a time (inside tf.data.Dataset.map).
+"""Encoded image -> the pixels the host feeds the devices, in TensorFlow, one example at a time
+(inside tf.data.Dataset.map). The host does no float arithmetic after the resize: every output is
+uint8, the rest (flip, lighting noise, normalisation, cifar's pad and crop) runs on the devices
+(`augmentation()`, on_device.augment_pixels).
 
-Train augmentations (float32 [S, S, C], S = image_size):
-  paper_imagenet  shorter side resized to a random size in [256, 480] (scaled by S / 224), random S x S
-                  crop, horizontal flip, AlexNet PCA colour noise (std 0.1): He et al. 2015, sec. 3.4.
-  inception       random-resized crop (area 0.08-1 of the image, aspect 3/4-4/3) resized to S x S, flip.
-  cifar           pad S / 8 pixels with zeros (after normalisation, so the padding is the mean), random
-                  S x S crop, flip.
-  none            the eval centre view.
-JPEG train crops decode only the crop window (tf.image.decode_and_crop_jpeg); randomness is stateless,
-from a per-example seed, so an example's augmentation does not depend on thread scheduling.
+Train crops (uint8 [S, S, C], S = image_size; the device half in brackets):
+  paper_imagenet  a square window of the image that is an S x S crop of it with the shorter side
+                  resized to a random size in [256, 480] (scaled by S / 224), resized to S x S [flip,
+                  AlexNet PCA lighting noise (std 0.1), normalise]: He et al. 2015, sec. 3.4.
+  inception       random-resized crop (area 0.08-1 of the image, aspect 3/4-4/3) resized to S x S
+                  [flip, normalise].
+  cifar           the image, resized to S x S if it is not [normalise, pad S / 8 pixels with zeros
+                  (the mean), random S x S crop, flip].
+  none            the eval centre view [normalise].
+JPEG train crops decode only the crop window (tf.image.decode_and_crop_jpeg); the crops' randomness is
+stateless, from a per-example seed, so an example's crop does not depend on thread scheduling.
+Resized crops are rounded to whole pixel values.
 
-Eval views (the shorter side is resized with antialiased bilinear interpolation and rounded to whole
-pixel values, as torchvision does on PIL images; crops are taken as torchvision's CenterCrop does):
-  center       {"image": [S, S, C]}: shorter side to resize_size, centre crop S.
+Eval views (uint8; the shorter side is resized with antialiased bilinear interpolation and rounded to
+whole pixel values, as torchvision does on PIL images; crops are taken as torchvision's CenterCrop
+does; the devices normalise them):
+  center       {"image": [S, S, C]}: shorter side to resize_size, centre crop S; a JPEG decodes only
+               the window the crop needs (see center_view).
   ten_crop     {"image": [10, S, S, C]}: shorter side to resize_size; the 4 corner crops and the centre
                crop, then the same 5 flipped.
   multi_scale  {"image_<s>": [2, s, s, C] for s in eval_scales}: shorter side to s, centre s x s crop
                and its flip (the paper's fully-convolutional testing, cropped to a square so views
                batch).
-Normalisation: (pixel - mean) / std with pixels on the 0-255 scale; mean is per channel [C] or a
-per-pixel mean image [S, S, C].
 """
 
 import dataclasses
 
-import numpy as np
-
+from resnet_jax.data.on_device import Augmentation
 from resnet_jax.data.tf_runtime import tensorflow
 
 PAPER_SHORTER_SIDE = (256, 480)  # at crop size 224
 INCEPTION_AREA = (0.08, 1.0)
 INCEPTION_ASPECT = (3 / 4, 4 / 3)
-# AlexNet's PCA of ImageNet RGB pixels (0-1 scale): eigenvalues and eigenvectors (columns).
-PCA_EIGENVALUES = np.array([0.2175, 0.0188, 0.0045], np.float32)
-PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
-                             [-0.5808, -0.0045, -0.8140],
-                             [-0.5836, -0.6948, 0.4203]], np.float32)
-PCA_NOISE_STD = 0.1
 # libjpeg's accurate integer DCT, as PIL decodes (TensorFlow's default, the fast one, differs from it by
 # up to about 9 grey levels).
 JPEG_DCT = "INTEGER_ACCURATE"
@@ -59,24 +58,42 @@ def decode(encoded, channels: int):
 
 
 def decode_window(encoded, window_fn, channels: int):
-    """uint8 [h, w, channels]: the window (y, x, h, w) = window_fn(height, width) of the image; for a
-    JPEG only that window is decoded."""
+    """(uint8 [h, w, channels], int32 [2]): the window (y, x, h, w) = window_fn(height, width) of the
+    image, for a JPEG decoding only that window, and the image's (height, width)."""
     tf = tensorflow()
 
     def jpeg():
-        shape = tf.image.extract_jpeg_shape(encoded)
+        shape = tf.image.extract_jpeg_shape(encoded)[:2]
         window = tf.stack(window_fn(shape[0], shape[1]))
-        return tf.image.decode_and_crop_jpeg(encoded, window, channels=channels, dct_method=JPEG_DCT)
+        return (tf.image.decode_and_crop_jpeg(encoded, window, channels=channels,
+                                              dct_method=JPEG_DCT), shape)
 
     def other():
         image = decode(encoded, channels)
-        shape = tf.shape(image)
+        shape = tf.shape(image)[:2]
         y, x, h, w = window_fn(shape[0], shape[1])
-        return image[y:y + h, x:x + w]
+        return image[y:y + h, x:x + w], shape
 
-    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image, shape = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
     image.set_shape([None, None, channels])
-    return image
+    return image, shape
+
+
+def resized_shape(height, width, size: int):
+    """int32 (new height, new width): the shorter side to `size`, the longer to floor(size * long /
+    short), as torchvision's Resize."""
+    tf = tensorflow()
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    short = tf.minimum(h, w)
+    new_h = tf.where(h <= w, size, tf.cast(size * h / short, tf.int32))
+    new_w = tf.where(h <= w, tf.cast(size * w / short, tf.int32), size)
+    return new_h, new_w
+
+
+def to_pixels(image):
+    """uint8: float pixel values rounded to whole values and clipped to [0, 255]."""
+    tf = tensorflow()
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 def resize_shorter_side(image, size: int):
@@ -85,10 +102,7 @@ def resize_shorter_side(image, size: int):
     so."""
     tf = tensorflow()
     shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-    short = tf.minimum(h, w)
-    new_h = tf.where(h <= w, size, tf.cast(size * h / short, tf.int32))
-    new_w = tf.where(h <= w, tf.cast(size * w / short, tf.int32), size)
+    new_h, new_w = resized_shape(shape[0], shape[1], size)
     image = tf.cast(image, tf.float32)
 
     def resize():
@@ -99,12 +113,20 @@ def resize_shorter_side(image, size: int):
     return tf.cond(unchanged, lambda: image, resize)
 
 
+def center_offsets(height, width, size: int):
+    """int32 (top, left) of the centre size x size crop (rounded half to even, as torchvision's
+    CenterCrop)."""
+    tf = tensorflow()
+    top = tf.cast(tf.round(tf.cast(height - size, tf.float32) / 2), tf.int32)
+    left = tf.cast(tf.round(tf.cast(width - size, tf.float32) / 2), tf.int32)
+    return top, left
+
+
 def center_crop(image, size: int):
     """[size, size, C] from the centre (offsets rounded half to even, as torchvision's CenterCrop)."""
     tf = tensorflow()
     shape = tf.shape(image)
-    top = tf.cast(tf.round(tf.cast(shape[0] - size, tf.float32) / 2), tf.int32)
-    left = tf.cast(tf.round(tf.cast(shape[1] - size, tf.float32) / 2), tf.int32)
+    top, left = center_offsets(shape[0], shape[1], size)
     return crop(image, top, left, size)
 
 
@@ -116,8 +138,48 @@ def crop(image, top, left, size: int):
 
 
 def center_view(encoded, channels: int, resize_size: int, size: int):
-    """float32 [size, size, channels] on the 0-255 scale: shorter side to resize_size, centre crop."""
-    return center_crop(resize_shorter_side(decode(encoded, channels), resize_size), size)
+    """uint8 [size, size, channels]: shorter side to resize_size (antialiased bilinear, rounded),
+    centre crop, as resize_shorter_side then center_crop compute it, but decoding (for a JPEG) only
+    the source window the crop reads: the crop's footprint plus the filter's reach and a pixel.
+    The window is resampled with the whole image's scale and the crop's offset (ScaleAndTranslate,
+    the kernel tf.image.resize uses), so the view equals the whole image's up to float rounding."""
+    tf = tensorflow()
+
+    def window_fn(height, width):
+        new_h, new_w = resized_shape(height, width, resize_size)
+        top, left = center_offsets(new_h, new_w, size)
+        spans = []
+        for start, new, old in ((top, new_h, height), (left, new_w, width)):
+            inverse = tf.cast(old, tf.float64) / tf.cast(new, tf.float64)  # source pixels per pixel
+            reach = tf.cast(tf.math.ceil(tf.maximum(inverse, 1.0)), tf.int32) + 1
+            low = tf.maximum(tf.cast(tf.floor(tf.cast(start, tf.float64) * inverse), tf.int32)
+                             - reach, 0)
+            high = tf.minimum(tf.cast(tf.math.ceil(tf.cast(start + size, tf.float64) * inverse),
+                                      tf.int32) + reach, old)
+            spans.append((low, high))
+        (y0, y1), (x0, x1) = spans
+        return y0, x0, y1 - y0, x1 - x0
+
+    window, shape = decode_window(encoded, window_fn, channels)
+    height, width = shape[0], shape[1]
+    new_h, new_w = resized_shape(height, width, resize_size)
+    top, left = center_offsets(new_h, new_w, size)
+    (y0, x0, _, _) = window_fn(height, width)
+    scale = tf.cast(tf.stack([new_h, new_w]), tf.float32) / tf.cast(tf.stack([height, width]),
+                                                                     tf.float32)
+    translation = tf.cast(tf.stack([y0, x0]), tf.float32) * scale - tf.cast(tf.stack([top, left]),
+                                                                            tf.float32)
+    window = tf.cast(window, tf.float32)
+
+    def resample():
+        return tf.raw_ops.ScaleAndTranslate(
+            images=window[None], size=[size, size], scale=scale, translation=translation,
+            kernel_type="triangle", antialias=True)[0]
+
+    unchanged = tf.logical_and(tf.equal(new_h, height), tf.equal(new_w, width))
+    view = tf.cond(unchanged, lambda: crop(window, top - y0, left - x0, size), resample)
+    view.set_shape([size, size, channels])
+    return to_pixels(view)
 
 
 def _uniform_int(seed, low, high):
@@ -128,8 +190,7 @@ def _uniform_int(seed, low, high):
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessor:
-    """Train and eval transforms of one pipeline; `mean` and `std` are float32 on the 0-255 scale,
-    mean [C] or [image_size, image_size, C], std [C] or []."""
+    """The host half of one pipeline's train and eval transforms (see the module docstring)."""
 
     image_size: int
     channels: int
@@ -137,35 +198,35 @@ class Preprocessor:
     resize_size: int
     eval_crop: str
     eval_scales: tuple[int, ...]
-    mean: np.ndarray
-    std: np.ndarray
 
-    def normalize(self, image):
-        return (image - self.mean) / self.std
+    def augmentation(self) -> Augmentation:
+        """The device half of the train augmentation (on_device.augment_pixels)."""
+        if self.train_augment == "cifar":
+            return Augmentation(pad=cifar_padding(self.image_size), flip=True)
+        if self.train_augment == "none":
+            return Augmentation()
+        return Augmentation(flip=True, lighting=self.train_augment == "paper_imagenet"
+                            and self.channels == 3)
 
     def center_view(self, encoded):
         return center_view(encoded, self.channels, self.resize_size, self.image_size)
 
-    def train(self, encoded, seed):
-        """float32 [S, S, C]: the augmented, normalised example; `seed` (int64 [2]) fixes its
-        randomness."""
+    def resized_crop(self, encoded, seed):
+        """float32 [S, S, C] on the 0-255 scale: the train crop before rounding (whole pixel values
+        for `none`, and for cifar images that are already S x S); `seed` (int64 [2]) fixes it."""
         tf = tensorflow()
-        crop_seed, flip_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
         if self.train_augment == "none":
-            return self.normalize(self.center_view(encoded))
+            return tf.cast(self.center_view(encoded), tf.float32)
         if self.train_augment == "cifar":
-            image = self._cifar_crop(encoded, crop_seed)
-        else:
-            window = (self._paper_window if self.train_augment == "paper_imagenet"
-                      else self._inception_window)
-            image = decode_window(encoded, lambda h, w: window(h, w, crop_seed), self.channels)
-            image = tf.image.resize(image, [self.image_size, self.image_size], method="bilinear")
-        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        if self.train_augment == "paper_imagenet" and self.channels == 3:
-            image = self._pca_noise(image, noise_seed)
-        if self.train_augment != "cifar":
-            image = self.normalize(image)
-        return image
+            return self._cifar_resize(encoded)
+        window = (self._paper_window if self.train_augment == "paper_imagenet"
+                  else self._inception_window)
+        image, _ = decode_window(encoded, lambda h, w: window(h, w, seed), self.channels)
+        return tf.image.resize(image, [self.image_size, self.image_size], method="bilinear")
+
+    def train(self, encoded, seed):
+        """uint8 [S, S, C]: the train crop the host feeds (resized_crop, rounded)."""
+        return to_pixels(self.resized_crop(encoded, seed))
 
     def _paper_window(self, height, width, seed):
         """A square window: an S x S crop of the image with its shorter side resized to a random
@@ -189,7 +250,8 @@ class Preprocessor:
             max_attempts=10)
         return begin[0], begin[1], size[0], size[1]
 
-    def _cifar_crop(self, encoded, seed):
+    def _cifar_resize(self, encoded):
+        """float32 [S, S, C]: the image, resized (antialiased bilinear) to S x S if it is not."""
         tf = tensorflow()
         size = self.image_size
         image = tf.cast(decode(encoded, self.channels), tf.float32)
@@ -197,20 +259,14 @@ class Preprocessor:
         image = tf.cond(tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)),
                         lambda: image,
                         lambda: tf.image.resize(image, [size, size], method="bilinear", antialias=True))
-        pad = cifar_padding(size)
-        padded = tf.pad(self.normalize(image), [[pad, pad], [pad, pad], [0, 0]])
-        return tf.image.stateless_random_crop(padded, [size, size, self.channels], seed)
-
-    def _pca_noise(self, image, seed):
-        tf = tensorflow()
-        alpha = tf.random.stateless_normal([3], seed, stddev=PCA_NOISE_STD)
-        return image + 255.0 * tf.linalg.matvec(PCA_EIGENVECTORS, alpha * PCA_EIGENVALUES)
+        image.set_shape([size, size, self.channels])
+        return image
 
     def eval(self, encoded) -> dict:
-        """The eval views of one example (see the module docstring), normalised."""
+        """The eval views of one example (see the module docstring), uint8."""
         tf = tensorflow()
         if self.eval_crop == "center":
-            return {"image": self.normalize(self.center_view(encoded))}
+            return {"image": self.center_view(encoded)}
         image = decode(encoded, self.channels)
         size = self.image_size
         if self.eval_crop == "ten_crop":
@@ -221,11 +277,11 @@ class Preprocessor:
                      for y, x in ((0, 0), (0, right), (bottom, 0), (bottom, right))]
             crops.append(center_crop(resized, size))
             crops += [tf.image.flip_left_right(c) for c in crops]
-            return {"image": self.normalize(tf.stack(crops))}
+            return {"image": to_pixels(tf.stack(crops))}
         views = {}
         for scale in self.eval_scales:
             view = center_crop(resize_shorter_side(image, scale), scale)
-            views[f"image_{scale}"] = self.normalize(tf.stack([view, tf.image.flip_left_right(view)]))
+            views[f"image_{scale}"] = to_pixels(tf.stack([view, tf.image.flip_left_right(view)]))
         return views
 
     def eval_shapes(self) -> dict[str, tuple[int, ...]]:

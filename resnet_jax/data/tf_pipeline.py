@@ -1,24 +1,31 @@
 """The pipeline of file-backed datasets (TFDS datasets, image folders) through tf.data.
 
-Train, epoch e of this process: source.epoch(train split, seed_e) (sources.py: which examples, in which
-order) -> skip the examples of the steps already done (before any image is decoded; a folder's files
-are not even opened) -> load, decode and augment (preprocessing.py; parallel, deterministic) ->
-host-local batches -> prefetch. seed_e and the augmentation seeds come from (seed, e), so a run resumed
-at step t continues at exactly the example where an uninterrupted run would be.
-Eval: this process's contiguous share of the eval split (HostSlice.eval_shard), in a fixed order; the
-last batch is padded (mask False) and all-padding batches are added so every process yields
-HostSlice.num_eval_batches batches.
+Train feed, epoch e of this process: source.epoch(train split, seed_e) (sources.py: which examples, in
+which order) -> skip the examples of the steps already done (before any image is decoded; a folder's
+files are not even opened) -> load, decode and crop (preprocessing.py; parallel, deterministic) ->
+host-local batches {"image": uint8 [B_local, S, S, C], "label": int32 [B_local]} -> prefetch. seed_e
+and the crop seeds come from (seed, e), so a run resumed at step t continues at exactly the example
+where an uninterrupted run would be. Inside the jitted step, `train_batch_from_feed` flips, adds the
+lighting noise, normalises and (cifar) pads and crops the global batch (on_device.augment_pixels),
+its draws from jax.random.fold_in(key(seed), t): a function of the step, so resuming is exact.
+Eval feed: this process's contiguous share of the eval split (HostSlice.eval_shard), in a fixed
+order, as uint8 views; the last batch is padded (mask False) and all-padding batches are added so
+every process yields HostSlice.num_eval_batches batches. `eval_batch_from_feed` normalises the views.
+The normalisation constants (float32, 0-255 scale: mean [C] or [S, S, C], std [C] or []) are the
+pipeline's device arrays.
 """
 
 import math
 from typing import Iterator
 
+import jax
 import numpy as np
 
 import resnet_jax.data.catalog as catalog
 import resnet_jax.data.splits as splits
-from resnet_jax.data.base import Batch, HostSlice, Pipeline, pad_eval_batch
-from resnet_jax.data.on_device import Augmentation, DevicePipeline, Split
+from resnet_jax.data.base import Batch, HostSlice, host_feed_spec, pad_eval_batch
+from resnet_jax.data.on_device import (Augmentation, DevicePipeline, FedPipeline, Split,
+                                       augment_pixels, normalize)
 from resnet_jax.data.preprocessing import Preprocessor, center_view, cifar_padding
 from resnet_jax.data.sources import Source, open_source, train_source
 from resnet_jax.data.splits import Range
@@ -29,15 +36,18 @@ STATISTICS_EXAMPLES = 50_000  # train examples measured for per_pixel_mean, or u
 STATISTICS_BATCH = 256
 
 
-class TFDataPipeline(Pipeline):
-    """Train and eval streams of one process (see the module docstring): train epochs from
-    `train_source`, eval reads from `source`."""
+class TFDataPipeline(FedPipeline):
+    """Train and eval feeds of one process (see the module docstring): train epochs from
+    `train_source`, eval reads from `source`; `mean` and `std` normalise on the devices."""
 
     def __init__(self, source: Source, train_source: Source, train_ranges: list[Range],
-                 eval_ranges: list[Range], preprocessor: Preprocessor, hosts: HostSlice, seed: int):
+                 eval_ranges: list[Range], preprocessor: Preprocessor, mean, std,
+                 hosts: HostSlice, seed: int):
         self.source, self.train_source = source, train_source
         self.train_ranges, self.eval_ranges = train_ranges, eval_ranges
         self.preprocessor = preprocessor
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self.augmentation = preprocessor.augmentation()
         self.hosts = hosts
         self.seed = seed
         self.num_classes = source.num_classes
@@ -50,7 +60,7 @@ class TFDataPipeline(Pipeline):
                               f"{self.num_train_examples} examples of config.data.train_split")
 
     def epoch_seeds(self, epoch: int) -> tuple[int, int]:
-        """(order seed, augmentation seed) of `epoch`."""
+        """(order seed, crop seed) of `epoch`."""
         order, augment = np.random.SeedSequence([self.seed, epoch]).generate_state(2)
         return int(order), int(augment)
 
@@ -72,11 +82,27 @@ class TFDataPipeline(Pipeline):
         ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         return ds.with_options(dataset_options())
 
-    def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
+    def train_feed(self, start_step: int = 0) -> Iterator[Batch]:
         epoch, first_step = divmod(start_step, self.steps_per_epoch)
         while True:
             yield from self.train_dataset(epoch, first_step).as_numpy_iterator()
             epoch, first_step = epoch + 1, 0
+
+    def train_feed_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return host_feed_spec(self.hosts.local_batch_size, self.image_shape, np.uint8)
+
+    def device_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "std": self.std}
+
+    def train_batch_from_feed(self, arrays, feed, step):
+        key = jax.random.fold_in(jax.random.key(self.seed), step)
+        return {"image": augment_pixels(feed["image"], arrays["mean"], arrays["std"], key,
+                                        self.augmentation),
+                "label": feed["label"]}
+
+    def eval_batch_from_feed(self, arrays, feed):
+        return {k: normalize(v, arrays["mean"], arrays["std"]) if k.startswith("image") else v
+                for k, v in feed.items()}
 
     def eval_dataset(self):
         """tf.data.Dataset of this process's eval batches (the last may be partial), or None if its
@@ -95,14 +121,14 @@ class TFDataPipeline(Pipeline):
         ds = ds.batch(self.hosts.local_eval_batch_size).prefetch(tf.data.AUTOTUNE)
         return ds.with_options(dataset_options())
 
-    def eval_batches(self) -> Iterator[Batch]:
+    def eval_feed(self) -> Iterator[Batch]:
         size = self.hosts.local_eval_batch_size
         ds = self.eval_dataset()
         produced = 0
         for batch in ds.as_numpy_iterator() if ds is not None else ():
             yield pad_eval_batch(batch, size)
             produced += 1
-        empty = {k: np.zeros((0,) + s, np.float32) for k, s in self.preprocessor.eval_shapes().items()}
+        empty = {k: np.zeros((0,) + s, np.uint8) for k, s in self.preprocessor.eval_shapes().items()}
         empty["label"] = np.zeros((0,), np.int32)
         for _ in range(self.hosts.num_eval_batches(self.num_eval_examples) - produced):
             yield pad_eval_batch(empty, size)
@@ -193,8 +219,9 @@ def tf_pipeline(data_config, hosts: HostSlice, seed: int) -> TFDataPipeline:
     preprocessor = Preprocessor(
         image_size=data_config.image_size, channels=data_config.channels,
         train_augment=catalog.train_augment(data_config), resize_size=catalog.resize_size(data_config),
-        eval_crop=data_config.eval_crop, eval_scales=tuple(data_config.eval_scales), mean=mean, std=std)
-    return TFDataPipeline(source, train, train_ranges, eval_ranges, preprocessor, hosts, seed)
+        eval_crop=data_config.eval_crop, eval_scales=tuple(data_config.eval_scales))
+    return TFDataPipeline(source, train, train_ranges, eval_ranges, preprocessor, mean, std, hosts,
+                          seed)
 
 
 def decoded_split(source: Source, ranges: list[Range], data_config) -> Split:
@@ -205,8 +232,7 @@ def decoded_split(source: Source, ranges: list[Range], data_config) -> Split:
     resize = catalog.resize_size(data_config)
 
     def view(example):
-        image = center_view(source.load(example["image"]), channels, resize, size)
-        return tf.cast(image, tf.uint8), example["label"]
+        return center_view(source.load(example["image"]), channels, resize, size), example["label"]
 
     count = splits.count(ranges)
     ds = source.read(ranges).take(count)
