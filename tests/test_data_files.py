@@ -134,13 +134,15 @@ def test_train_augmentations_flip_about_half_the_time(augment):
 
 
 def test_processes_read_disjoint_parts_of_each_epoch(source, dataset_dirs):
+    """The host feeds (uint8 crops) decide which examples each process reads; what the step makes
+    of a feed depends on the feed and the step only."""
     c = make_config(source, dataset_dirs, train_augment="none", eval_split="train")
-    ids = [example_id(img) for batch in pipeline(c).eval_batches()
+    ids = [example_id(img) for batch in pipeline(c).eval_feed()
            for img, keep in zip(batch["image"], batch["mask"]) if keep]
     assert len(set(ids)) == TRAIN
     steps = TRAIN // 8
-    single = take(pipeline(c).train_batches(), 2 * steps)
-    hosts = [take(pipeline(c, i, 2).train_batches(), 2 * steps) for i in range(2)]
+    single = take(pipeline(c).train_feed(), 2 * steps)
+    hosts = [take(pipeline(c, i, 2).train_feed(), 2 * steps) for i in range(2)]
     for epoch in range(2):
         seen = [[example_id(img) for b in h[epoch * steps:(epoch + 1) * steps] for img in b["image"]]
                 for h in hosts]
@@ -178,14 +180,16 @@ def test_eval_covers_the_split_exactly_once(source, dataset_dirs, process_count,
 
 
 def test_resume_continues_at_the_exact_position(source, dataset_dirs):
+    """The host feeds of steps start, start + 1, ... (uint8 crops) are the uninterrupted run's;
+    the step makes the same batch of the same feed at the same step."""
     p = pipeline(make_config(source, dataset_dirs, train_augment="inception"))
-    uninterrupted = take(p.train_batches(0), 8)  # 3 steps per epoch: crosses two epoch ends
+    uninterrupted = take(p.train_feed(0), 8)  # 3 steps per epoch: crosses two epoch ends
     for start in (1, 3, 5):
-        for expected, got in zip(uninterrupted[start:], take(p.train_batches(start), 3)):
+        for expected, got in zip(uninterrupted[start:], take(p.train_feed(start), 3)):
             np.testing.assert_array_equal(got["image"], expected["image"])
             np.testing.assert_array_equal(got["label"], expected["label"])
     rebuilt = pipeline(make_config(source, dataset_dirs, train_augment="inception"))
-    again = take(rebuilt.train_batches(), 2)
+    again = take(rebuilt.train_feed(), 2)
     np.testing.assert_array_equal(again[1]["image"], uninterrupted[1]["image"])
 
 
