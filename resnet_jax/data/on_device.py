@@ -118,9 +118,18 @@ class FedPipeline(Pipeline):
     eval_batch_from_feed); train_batches and eval_batches make the same batches on the default
     device and fetch them, for code that reads batches on the host."""
 
+    seed: int
+    augmentation: Augmentation
+
     @abc.abstractmethod
     def train_feed(self, start_step: int = 0) -> Iterator[Batch]:
         """Host-local feeds of steps start_step, start_step + 1, ..."""
+
+    def augmented(self, arrays, pixels: jax.Array, step) -> jax.Array:
+        """The model input of step `step` from its global batch of pixels (augment_pixels, keyed
+        by fold_in(key(seed), step): a function of the step, so resuming is exact)."""
+        key = jax.random.fold_in(jax.random.key(self.seed), step)
+        return augment_pixels(pixels, arrays["mean"], arrays["std"], key, self.augmentation)
 
     @abc.abstractmethod
     def eval_feed(self) -> Iterator[Batch]:
@@ -207,9 +216,7 @@ class DevicePipeline(FedPipeline):
             yield {"index": np.minimum(index, n - 1).astype(np.int32), "mask": index < n}
 
     def train_batch_from_feed(self, arrays, feed, step):
-        key = jax.random.fold_in(jax.random.key(self.seed), step)
-        return {"image": augment_pixels(arrays["train_images"][feed["index"]], arrays["mean"],
-                                        arrays["std"], key, self.augmentation),
+        return {"image": self.augmented(arrays, arrays["train_images"][feed["index"]], step),
                 "label": arrays["train_labels"][feed["index"]]}
 
     def eval_batch_from_feed(self, arrays, feed):

@@ -18,14 +18,12 @@ pipeline's device arrays.
 import math
 from typing import Iterator
 
-import jax
 import numpy as np
 
 import resnet_jax.data.catalog as catalog
 import resnet_jax.data.splits as splits
 from resnet_jax.data.base import Batch, HostSlice, host_feed_spec, pad_eval_batch
-from resnet_jax.data.on_device import (Augmentation, DevicePipeline, FedPipeline, Split,
-                                       augment_pixels, normalize)
+from resnet_jax.data.on_device import Augmentation, DevicePipeline, FedPipeline, Split, normalize
 from resnet_jax.data.preprocessing import Preprocessor, center_view, cifar_padding
 from resnet_jax.data.sources import Source, open_source, train_source
 from resnet_jax.data.splits import Range
@@ -95,10 +93,7 @@ class TFDataPipeline(FedPipeline):
         return {"mean": self.mean, "std": self.std}
 
     def train_batch_from_feed(self, arrays, feed, step):
-        key = jax.random.fold_in(jax.random.key(self.seed), step)
-        return {"image": augment_pixels(feed["image"], arrays["mean"], arrays["std"], key,
-                                        self.augmentation),
-                "label": feed["label"]}
+        return {"image": self.augmented(arrays, feed["image"], step), "label": feed["label"]}
 
     def eval_batch_from_feed(self, arrays, feed):
         return {k: normalize(v, arrays["mean"], arrays["std"]) if k.startswith("image") else v
