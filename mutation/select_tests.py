@@ -30,6 +30,12 @@ MODEL_TESTS = LAYER_TESTS + [
     "tests/test_models.py::test_cifar_macs_match_reference_exactly",
     "tests/test_models.py::test_bfloat16_computes_in_bfloat16_and_keeps_float32_state",
 ]
+PREPROCESSING_TESTS = [
+    "tests/test_preprocessing.py",
+    "tests/test_data_files.py::test_eval_views",
+    "tests/test_data_files.py::test_torchvision_eval_matches_pil_resize_and_center_crop",
+    "tests/test_data_files.py::test_train_augmentations_flip_about_half_the_time",
+]
 TESTS = {
     "resnet_jax/steps.py": [
         "tests/test_steps.py",
@@ -39,12 +45,8 @@ TESTS = {
     "resnet_jax/models/layers.py": LAYER_TESTS,
     "resnet_jax/models/blocks.py": ["tests/test_blocks.py"] + MODEL_TESTS,
     "resnet_jax/models/resnet.py": ["tests/test_blocks.py"] + MODEL_TESTS,
-    "resnet_jax/data/preprocessing.py": [
-        "tests/test_preprocessing.py",
-        "tests/test_data_files.py::test_eval_views",
-        "tests/test_data_files.py::test_torchvision_eval_matches_pil_resize_and_center_crop",
-        "tests/test_data_files.py::test_train_augmentations_flip_about_half_the_time",
-    ],
+    "resnet_jax/data/preprocessing.py": PREPROCESSING_TESTS,
+    "resnet_jax/data/pil_views.py": PREPROCESSING_TESTS,
 }
 
 

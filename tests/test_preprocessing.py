@@ -105,8 +105,6 @@ def test_center_view_resizes_the_shorter_side_like_torchvision(height, width, re
     view = preprocessor(8, resize, "center").eval(png(image))["image"].numpy()
     assert view.dtype == np.uint8 and np.abs(view - reference).max() <= 1
     assert preprocessor(8, resize, "center").eval_shapes() == {"image": (8, 8, 3)}
-    resized_tf = preprocessing.resize_shorter_side(image, resize).numpy()
-    assert resized_tf.shape == resized.shape and np.all(resized_tf == np.round(resized_tf))
 
 
 def test_ten_crop_eval_shapes():
@@ -330,13 +328,14 @@ def test_paper_crops_are_square_in_the_image_and_inception_crops_are_not():
 
 
 def test_resize_keeps_black_and_white_pixels_at_0_and_255():
-    """Rounded antialiased resizing of a black-and-white image keeps both ends of the range."""
+    """Rounded antialiased resizing of a black-and-white image keeps both ends of the range: 20 x 30
+    -> 10 x 15, whose columns 0-4 are white and 10-14 black; the centre 10 x 10 crop starts at
+    column 2."""
     image = np.zeros((20, 30, 3), np.uint8)
     image[:, :15] = 255
-    resized = preprocessing.resize_shorter_side(image, 10).numpy()
-    assert resized.shape == (10, 15, 3)
-    np.testing.assert_array_equal(resized[:, :5], 255.0)
-    np.testing.assert_array_equal(resized[:, -5:], 0.0)
+    view = preprocessor(8, 10, "multi_scale", (10,)).eval(png(image))["image_10"].numpy()[0]
+    np.testing.assert_array_equal(view[:, :3], 255)
+    np.testing.assert_array_equal(view[:, -2:], 0)
 
 
 def test_paper_window_of_a_one_pixel_high_image_is_one_pixel():
@@ -375,21 +374,24 @@ def test_uint8_crops_are_the_float_crops_rounded(augment):
     assert 0.1 < differences.mean() < 0.4 or augment == "cifar"
 
 
-def test_center_view_decodes_the_crop_window_and_equals_the_whole_image_view():
-    """A JPEG's centre view decodes only the window its crop reads; resampled with the whole image's
-    scale and the crop's offset it is the whole image's view (resize_shorter_side, center_crop) up
-    to float rounding: at most one grey level, on fewer than 0.1 % of the pixels (on 24 synthetic
-    JPEGs of 300-640 pixels at 256 -> 224: 0.017 %)."""
-    tf = tensorflow()
+def test_center_view_resamples_the_crop_box_as_the_whole_image_would_be():
+    """The centre view resamples only the crop's box of the source, with the whole image's scale:
+    it is torchvision's eval transform (PIL's whole-image Resize, then CenterCrop) up to PIL's
+    float32 box coordinates and its pass order: when downscaling, at most one grey level on a few
+    per cent of the pixels (on 64 synthetic JPEGs of 300-500 pixels at 256 -> 224: 2.0 %)."""
     rng = np.random.default_rng(8)
     differences = []
-    for height, width in [(90, 131), (131, 90), (64, 64), (40, 50), (100, 101), (57, 200)]:
+    for height, width in [(90, 131), (131, 90), (70, 70), (100, 101), (57, 200)]:
         encoded = jpeg(synthetic_image(rng, height, width))
-        for resize, size in ((64, 56), (37, 32), (48, 48), (80, 56)):
+        decoded = Image.open(io.BytesIO(encoded))
+        for resize, size in ((56, 56), (37, 32), (48, 48), (50, 40)):
             view = preprocessing.center_view(encoded, 3, resize, size).numpy()
-            whole = preprocessing.center_crop(preprocessing.resize_shorter_side(
-                preprocessing.decode(tf.constant(encoded), 3), resize), size).numpy()
+            short = min(height, width)
+            new_h, new_w = (resize * height // short, resize * width // short)
+            whole = np.asarray(decoded.resize((new_w, new_h), Image.BILINEAR))
+            top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2))
+            whole = whole[top:top + size, left:left + size]
             assert view.shape == (size, size, 3) and view.dtype == np.uint8
             differences.append(np.abs(view.astype(np.int32) - whole.astype(np.int32)).ravel())
     differences = np.concatenate(differences)
-    assert differences.max() <= 1 and (differences > 0).mean() < 1e-3
+    assert differences.max() <= 1 and (differences > 0).mean() < 0.05

@@ -16,11 +16,10 @@ JPEG train crops decode only the crop window (tf.image.decode_and_crop_jpeg); th
 stateless, from a per-example seed, so an example's crop does not depend on thread scheduling.
 Resized crops are rounded to whole pixel values.
 
-Eval views (uint8; the shorter side is resized with antialiased bilinear interpolation and rounded to
-whole pixel values, as torchvision does on PIL images; crops are taken as torchvision's CenterCrop
-does; the devices normalise them):
-  center       {"image": [S, S, C]}: shorter side to resize_size, centre crop S; a JPEG decodes only
-               the window the crop needs (see center_view).
+Eval views (uint8, computed by PIL as torchvision's Resize and CenterCrop compute them on PIL
+images: pil_views; the devices normalise them):
+  center       {"image": [S, S, C]}: shorter side to resize_size, centre crop S (only the crop's box
+               is resampled).
   ten_crop     {"image": [10, S, S, C]}: shorter side to resize_size; the 4 corner crops and the centre
                crop, then the same 5 flipped.
   multi_scale  {"image_<s>": [2, s, s, C] for s in eval_scales}: shorter side to s, centre s x s crop
@@ -29,7 +28,9 @@ does; the devices normalise them):
 """
 
 import dataclasses
+import functools
 
+from resnet_jax.data import pil_views
 from resnet_jax.data.on_device import Augmentation
 from resnet_jax.data.tf_runtime import tensorflow
 
@@ -79,107 +80,40 @@ def decode_window(encoded, window_fn, channels: int):
     return image, shape
 
 
-def resized_shape(height, width, size: int):
-    """int32 (new height, new width): the shorter side to `size`, the longer to floor(size * long /
-    short), as torchvision's Resize."""
-    tf = tensorflow()
-    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    short = tf.minimum(h, w)
-    new_h = tf.where(h <= w, size, tf.cast(size * h / short, tf.int32))
-    new_w = tf.where(h <= w, tf.cast(size * w / short, tf.int32), size)
-    return new_h, new_w
-
-
 def to_pixels(image):
     """uint8: float pixel values rounded to whole values and clipped to [0, 255]."""
     tf = tensorflow()
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
-def resize_shorter_side(image, size: int):
-    """float32: the shorter side resized to `size`, the longer to floor(size * long / short) (as
-    torchvision's Resize), antialiased bilinear, rounded to whole pixel values; unchanged if already
-    so."""
+def view_shapes(channels: int, crop: str, size: int, scales: tuple[int, ...]) -> dict:
+    """{name: per-example shape} of the eval views of `crop` (module docstring)."""
+    if crop == "center":
+        return {"image": (size, size, channels)}
+    if crop == "ten_crop":
+        return {"image": (10, size, size, channels)}
+    return {f"image_{s}": (2, s, s, channels) for s in scales}
+
+
+def eval_views(encoded, channels: int, crop: str, resize_size: int, size: int,
+               scales: tuple[int, ...]) -> dict:
+    """{name: uint8 view} of one example (module docstring), with static shapes, computed by PIL
+    (pil_views.eval_views) inside the TensorFlow graph."""
     tf = tensorflow()
-    shape = tf.shape(image)
-    new_h, new_w = resized_shape(shape[0], shape[1], size)
-    image = tf.cast(image, tf.float32)
-
-    def resize():
-        resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear", antialias=True)
-        return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
-
-    unchanged = tf.logical_and(tf.equal(new_h, shape[0]), tf.equal(new_w, shape[1]))
-    return tf.cond(unchanged, lambda: image, resize)
-
-
-def center_offsets(height, width, size: int):
-    """int32 (top, left) of the centre size x size crop (rounded half to even, as torchvision's
-    CenterCrop)."""
-    tf = tensorflow()
-    top = tf.cast(tf.round(tf.cast(height - size, tf.float32) / 2), tf.int32)
-    left = tf.cast(tf.round(tf.cast(width - size, tf.float32) / 2), tf.int32)
-    return top, left
-
-
-def center_crop(image, size: int):
-    """[size, size, C] from the centre (offsets rounded half to even, as torchvision's CenterCrop)."""
-    tf = tensorflow()
-    shape = tf.shape(image)
-    top, left = center_offsets(shape[0], shape[1], size)
-    return crop(image, top, left, size)
-
-
-def crop(image, top, left, size: int):
-    """The [size, size, C] window of `image` at (top, left), with its static shape set."""
-    window = image[top:top + size, left:left + size]
-    window.set_shape([size, size, image.shape[-1]])
-    return window
+    shapes = view_shapes(channels, crop, size, scales)
+    views = tf.numpy_function(
+        functools.partial(pil_views.eval_views, channels=channels, crop=crop,
+                          resize=resize_size, size=size, scales=tuple(scales)),
+        [encoded], [tf.uint8] * len(shapes), stateful=False)
+    views = tf.nest.flatten(views)  # eager mode returns a lone output unlisted
+    for view, shape in zip(views, shapes.values()):
+        view.set_shape(shape)
+    return dict(zip(shapes, views))
 
 
 def center_view(encoded, channels: int, resize_size: int, size: int):
-    """uint8 [size, size, channels]: shorter side to resize_size (antialiased bilinear, rounded),
-    centre crop, as resize_shorter_side then center_crop compute it, but decoding (for a JPEG) only
-    the source window the crop reads: the crop's footprint plus the filter's reach and a pixel.
-    The window is resampled with the whole image's scale and the crop's offset (ScaleAndTranslate,
-    the kernel tf.image.resize uses), so the view equals the whole image's up to float rounding."""
-    tf = tensorflow()
-
-    def window_fn(height, width):
-        new_h, new_w = resized_shape(height, width, resize_size)
-        top, left = center_offsets(new_h, new_w, size)
-        spans = []
-        for start, new, old in ((top, new_h, height), (left, new_w, width)):
-            inverse = tf.cast(old, tf.float64) / tf.cast(new, tf.float64)  # source pixels per pixel
-            reach = tf.cast(tf.math.ceil(tf.maximum(inverse, 1.0)), tf.int32) + 1
-            low = tf.maximum(tf.cast(tf.floor(tf.cast(start, tf.float64) * inverse), tf.int32)
-                             - reach, 0)
-            high = tf.minimum(tf.cast(tf.math.ceil(tf.cast(start + size, tf.float64) * inverse),
-                                      tf.int32) + reach, old)
-            spans.append((low, high))
-        (y0, y1), (x0, x1) = spans
-        return y0, x0, y1 - y0, x1 - x0
-
-    window, shape = decode_window(encoded, window_fn, channels)
-    height, width = shape[0], shape[1]
-    new_h, new_w = resized_shape(height, width, resize_size)
-    top, left = center_offsets(new_h, new_w, size)
-    (y0, x0, _, _) = window_fn(height, width)
-    scale = tf.cast(tf.stack([new_h, new_w]), tf.float32) / tf.cast(tf.stack([height, width]),
-                                                                     tf.float32)
-    translation = tf.cast(tf.stack([y0, x0]), tf.float32) * scale - tf.cast(tf.stack([top, left]),
-                                                                            tf.float32)
-    window = tf.cast(window, tf.float32)
-
-    def resample():
-        return tf.raw_ops.ScaleAndTranslate(
-            images=window[None], size=[size, size], scale=scale, translation=translation,
-            kernel_type="triangle", antialias=True)[0]
-
-    unchanged = tf.logical_and(tf.equal(new_h, height), tf.equal(new_w, width))
-    view = tf.cond(unchanged, lambda: crop(window, top - y0, left - x0, size), resample)
-    view.set_shape([size, size, channels])
-    return to_pixels(view)
+    """uint8 [size, size, channels]: shorter side to resize_size, centre crop (module docstring)."""
+    return eval_views(encoded, channels, "center", resize_size, size, ())["image"]
 
 
 def _uniform_int(seed, low, high):
@@ -264,31 +198,9 @@ class Preprocessor:
 
     def eval(self, encoded) -> dict:
         """The eval views of one example (see the module docstring), uint8."""
-        tf = tensorflow()
-        if self.eval_crop == "center":
-            return {"image": self.center_view(encoded)}
-        image = decode(encoded, self.channels)
-        size = self.image_size
-        if self.eval_crop == "ten_crop":
-            resized = resize_shorter_side(image, self.resize_size)
-            shape = tf.shape(resized)
-            bottom, right = shape[0] - size, shape[1] - size
-            crops = [crop(resized, y, x, size)
-                     for y, x in ((0, 0), (0, right), (bottom, 0), (bottom, right))]
-            crops.append(center_crop(resized, size))
-            crops += [tf.image.flip_left_right(c) for c in crops]
-            return {"image": to_pixels(tf.stack(crops))}
-        views = {}
-        for scale in self.eval_scales:
-            view = center_crop(resize_shorter_side(image, scale), scale)
-            views[f"image_{scale}"] = to_pixels(tf.stack([view, tf.image.flip_left_right(view)]))
-        return views
+        return eval_views(encoded, self.channels, self.eval_crop, self.resize_size,
+                          self.image_size, self.eval_scales)
 
     def eval_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-example shape of each eval view."""
-        s, c = self.image_size, self.channels
-        if self.eval_crop == "center":
-            return {"image": (s, s, c)}
-        if self.eval_crop == "ten_crop":
-            return {"image": (10, s, s, c)}
-        return {f"image_{k}": (2, k, k, c) for k in self.eval_scales}
+        return view_shapes(self.channels, self.eval_crop, self.image_size, self.eval_scales)
