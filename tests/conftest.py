@@ -74,9 +74,8 @@ LONGEST_FIRST = (
     "test_accelerator_report.py::test_smoke_report_runs_every_section_without_tensorflow",
     "test_storage.py::test_gs_run_outlives_an_outage_and_a_kill_and_is_evaluated_and_logged",
     "test_training.py::test_sigterm_then_sigkill_then_resume_is_bitwise_equal",
-    "test_training.py::test_sigterm_stops_every_process_at_the_same_step",
+    "test_training.py::test_two_processes_match_one_and_stop_together_on_sigterm",
     "test_training.py::test_eight_devices_match_one_device",
-    "test_training.py::test_two_processes_match_one",
     "test_on_device.py::test_k_steps_in_one_dispatch_equal_k_dispatches_of_one_step",
     "test_experiments.py::test_tiny_seeded_sweep_then_plot_and_table",
 )

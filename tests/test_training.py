@@ -90,16 +90,26 @@ def _finish(procs) -> list[tuple[str, str]]:
     return outputs
 
 
-def test_two_processes_match_one(few_steps_run, tmp_path):
-    """FEW_STEPS as two processes started with explicit flags."""
+def test_two_processes_match_one_and_stop_together_on_sigterm(few_steps_run, tmp_path):
+    """FEW_STEPS' first four steps as two processes started with explicit flags, on a schedule long
+    enough to be stopped: step 4 (its checkpoint kept) matches one process; then JAX's preemption
+    notifier receives SIGTERM, and both processes save the same step and exit 0."""
     params, stats = few_steps_run
-    outputs = _finish(_start_two_processes(tmp_path, FEW_STEPS))
-    (params2, stats2), step = final_state(tmp_path)
-    assert step == 4
+    procs = _start_two_processes(tmp_path, {**FEW_STEPS, "schedule.length": 400,
+                                            "checkpoint_every_steps": 4, "keep_checkpoints": 100})
+    _wait_for_checkpoint(procs[0], tmp_path, 8)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outputs = _finish(procs)
+    stopped = checkpoint_steps(tmp_path)[-1]
+    assert 8 <= stopped < 400
+    assert f"Stop requested: saved step {stopped}" in outputs[0][0]
     assert "eval at step 4" in outputs[0][0] and "eval at step" not in outputs[1][0]
     assert "2 process(es) x 1 cpu device(s) = 2" in outputs[0][0]
     # Process 1 prints nothing of its own (gloo's C++ start-up line is not ours to silence).
     assert all(line.startswith("[Gloo]") for line in outputs[1][0].splitlines()), outputs[1][0]
+    (params2, stats2), step = final_state(tmp_path, step=4)
+    assert step == 4
     assert_trees_equal(params2, params, rtol=1e-4, atol=1e-5)
     assert_trees_equal(stats2, stats, rtol=1e-4, atol=1e-5)
 
@@ -108,7 +118,7 @@ def test_a_slurm_job_starts_as_one_run_without_flags():
     """Two tasks of an emulated one-node SLURM job step, started without flags as train.py is
     (initialize_distributed() with no arguments: JAX reads the job), join one 2-process run.
     What train.py does once started is what it does with explicit flags
-    (test_two_processes_match_one)."""
+    (test_two_processes_match_one_and_stop_together_on_sigterm)."""
     script = ("from resnet_jax import parallel; parallel.initialize_distributed(); import jax; "
               "print(jax.process_index(), jax.process_count(), jax.device_count())")
     slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
@@ -187,20 +197,6 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_equal(reference_run, tmp_pa
     train_and_evaluate(tiny_config(overrides), str(tmp_path), devices=jax.devices()[:1])
     assert f"(resuming from step {killed_at})" in capsys.readouterr().out
     assert_trees_equal(final_state(tmp_path)[0], reference)
-
-
-def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
-    # JAX's preemption notifier receives SIGTERM; both processes save the same step and exit 0.
-    procs = _start_two_processes(tmp_path, {"schedule.length": 400, "schedule.boundaries": "(200.0,)",
-                                            "checkpoint_every_steps": 1000,
-                                            "checkpoint_at_eval": True})
-    _wait_for_checkpoint(procs[0], tmp_path, 10)
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    outputs = _finish(procs)
-    stopped = checkpoint_steps(tmp_path)[-1]
-    assert 10 <= stopped < 400
-    assert f"Stop requested: saved step {stopped}" in outputs[0][0]
 
 
 @pytest.mark.parametrize("field, value, message", [
