@@ -1,7 +1,6 @@
 """Every experiment config in configs/ (every file, every argument) loads, validates and builds its
 model abstractly; the small ones train a few steps."""
 
-import functools
 import importlib.util
 import math
 from pathlib import Path
@@ -11,8 +10,8 @@ import pytest
 from resnet_jax import data as data_lib
 from resnet_jax.config import model_options, validate_config
 from resnet_jax.models import create_model
-from resnet_jax.models.summary import count_params, trace_model
 from resnet_jax.training import train_and_evaluate
+from model_traces import traced
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # A folder's class count is its own; 37 (Oxford-IIIT Pets) stands for one.
@@ -47,15 +46,6 @@ def arguments(file: str) -> list:
 ALL = [(f.name, arg) for f in sorted(CONFIGS.glob("*.py")) for arg in arguments(f.name)]
 
 
-@functools.lru_cache(maxsize=None)
-def traced(name: str, options: tuple, classes: int, size: int, channels: int):
-    """(parameter count, head output shape) of a model, traced abstractly once per architecture
-    (dtype does not change shapes, so configs differing only in dtype share a trace)."""
-    model = create_model(name, num_classes=classes, **dict(options))
-    variables, _, shapes = trace_model(model, size, channels)
-    return count_params(variables["params"]), shapes["head"]
-
-
 @pytest.fixture
 def no_dataset_check(monkeypatch):
     """Validate every data field but the presence of prepared files (cifar10, imagenet2012)."""
@@ -71,8 +61,10 @@ def test_config_validates_and_builds(file, arg, no_dataset_check):
     c = config.data
     classes = c.num_classes if c.dataset == "synthetic" else NUM_CLASSES[c.dataset]
     size, channels = (8, 1) if c.dataset == "digits" else (c.image_size, c.channels)
-    options = tuple(sorted((k, v) for k, v in model_options(config).items() if k != "dtype"))
-    params, head = traced(config.model.name, options, classes, size, channels)
+    # dtype does not change shapes: configs differing only in dtype share a trace.
+    options = {k: v for k, v in model_options(config).items() if k != "dtype"}
+    params, head = traced(create_model(config.model.name, num_classes=classes, **options),
+                          size, channels)
     assert head == (classes,)
     expected = REFERENCE_PARAMS.get(config.model.name)
     if expected and classes in (10, 1000) and channels == 3:

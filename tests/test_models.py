@@ -1,6 +1,5 @@
 """The model zoo against the published references (shared/REFERENCE.md) and the paper's definitions."""
 
-import functools
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from resnet_jax.models import create_model, get_spec, list_models
 from resnet_jax.models.blocks import BasicBlock, BottleneckBlock
 from resnet_jax.models.layers import BatchNorm
 from resnet_jax.models.summary import count_params, summarize, trace_model
+from model_traces import traced
 
 # torchvision model docs.
 TORCHVISION_PARAMS = {
@@ -38,16 +38,8 @@ NUMERIC = {"cifar_plain20", "cifar_resnet20", "plain18", "resnet18", "resnet50",
            "preact_resnet50", "resnext50_32x4d"}
 
 
-@functools.lru_cache(maxsize=None)
-def _traced(name, options: tuple):
-    """(parameter count, head output shape) of `name` with its default class count, traced
-    abstractly on a 32x32 image, once per test process (the deepest nets take seconds to trace)."""
-    variables, _, shapes = trace_model(create_model(name, **dict(options)), 32)
-    return count_params(variables["params"]), shapes["head"]
-
-
 def n_params(name, **options):
-    return _traced(name, tuple(sorted(options.items())))[0]
+    return traced(create_model(name, **options))[0]
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
@@ -97,7 +89,7 @@ def _one_block_per_stage(model):
 @pytest.mark.parametrize("name", list_models())
 def test_forward_and_backward(name):
     if name not in NUMERIC:  # its blocks and stem are those of a NUMERIC model: shapes suffice
-        params, head = _traced(name, ())
+        params, head = traced(create_model(name))
         assert head == (get_spec(name).num_classes,) and params > 0
         return
     model = _one_block_per_stage(create_model(name, num_classes=7))
