@@ -297,6 +297,26 @@ def test_decode_takes_the_first_frame_of_an_animated_gif():
     assert image.shape == (6, 7, 3) and abs(int(image.mean()) - 40) <= 2
 
 
+def test_eval_views_of_a_gif_a_grey_and_an_rgba_image():
+    """PIL's decoding for the eval views: an animated GIF's first frame; a grey image as three equal
+    channels, and a colour one as one channel (ITU-R 601 luma); RGBA without its alpha."""
+    frames = [Image.fromarray(np.full((6, 7, 3), v, np.uint8)) for v in (40, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    view = preprocessor(6, 6, "center").eval(buffer.getvalue())["image"].numpy()
+    assert view.shape == (6, 6, 3) and abs(int(view.mean()) - 40) <= 2
+    grey = random_image(6, 7)[..., 0]
+    view = preprocessor(6, 6, "center").eval(png(grey))["image"].numpy()
+    np.testing.assert_array_equal(view, np.repeat(grey[:, :6, None], 3, axis=2))
+    colour = np.zeros((6, 6, 3), np.uint8)
+    colour[..., 1] = 200
+    view = preprocessor(6, 6, "center", channels=1).eval(png(colour))["image"].numpy()
+    assert view.shape == (6, 6, 1) and np.all(view == round(200 * 0.587))
+    rgba = np.dstack([random_image(6, 6, seed=3), np.full((6, 6), 7, np.uint8)])
+    view = preprocessor(6, 6, "center").eval(png(rgba))["image"].numpy()
+    np.testing.assert_array_equal(view, rgba[..., :3])
+
+
 @pytest.mark.parametrize("size,pad", [(56, 7), (6, 1)])
 def test_cifar_padding_is_an_eighth_of_the_crop_size(size, pad):
     """The padding is size / 8 pixels (at least 1): the widest strip of padding a crop shows."""
