@@ -10,7 +10,8 @@ google-auth (all read them at import), and inherited by the processes the tests 
   - one JAX persistent compilation cache: the suite compiles the same few steps in dozens of
     processes, and a compiled step loaded from the cache is the same executable as one compiled
     afresh. A JAX_COMPILATION_CACHE_DIR set by the user is used instead (and kept);
-  - the reference run (`reference_run`), trained by the first worker that asks for it.
+  - the reference runs (`reference_run`, `few_steps_run`), each trained by the first worker that
+    asks for it.
   The process that made the folder removes it at the end.
 """
 
@@ -43,22 +44,42 @@ if _OWNS_SESSION:
 SESSION = Path(os.environ[_SESSION_VAR])
 
 
+def _once_per_session(name: str, make) -> Path:
+    """SESSION/<name>, made by make(folder) by the first process that asks for it, under a lock; the
+    others wait and read it."""
+    folder, done = SESSION / name, SESSION / f"{name}.done"
+    with open(SESSION / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def reference_run():
     """The tiny run (train_cli.TINY) through train.py, uninterrupted, on one device, trained once
-    for the whole session (the first worker to ask trains it, under a lock; the others wait and
-    read it): (workdir, ((params, batch_stats) as numpy, final step)). Tests compare their
-    interrupted, resumed or relocated runs with it, or only read it; none writes into it."""
+    for the whole session: (workdir, ((params, batch_stats) as numpy, final step)). Tests compare
+    their interrupted, resumed or relocated runs with it, or only read it; none writes into it."""
     from train_cli import final_state, run_train
 
-    workdir, done = SESSION / "reference", SESSION / "reference.done"
-    with open(SESSION / "reference.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(workdir, ignore_errors=True)
-            run_train(workdir)
-            done.touch()
+    workdir = _once_per_session("reference", run_train)
     return workdir, final_state(workdir)
+
+
+@pytest.fixture(scope="session")
+def few_steps_run():
+    """train_cli.FEW_STEPS on one device, in the process that first asks, once for the session:
+    (params, batch_stats) as numpy."""
+    import jax
+
+    from resnet_jax.training import train_and_evaluate
+    from train_cli import FEW_STEPS, final_state, tiny_config
+
+    workdir = _once_per_session("few_steps", lambda folder: train_and_evaluate(
+        tiny_config(FEW_STEPS), str(folder), devices=jax.devices()[:1]))
+    return final_state(workdir)[0]
 
 
 def pytest_sessionfinish(session, exitstatus):

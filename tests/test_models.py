@@ -12,7 +12,7 @@ import pytest
 from resnet_jax.models import create_model, get_spec, list_models
 from resnet_jax.models.blocks import BasicBlock, BottleneckBlock
 from resnet_jax.models.layers import BatchNorm
-from resnet_jax.models.summary import count_params, summarize, trace_model
+from resnet_jax.models.summary import summarize, trace_model
 from model_traces import traced
 
 # torchvision model docs.

@@ -17,8 +17,8 @@ from resnet_jax.config import base_config, validate_config
 from resnet_jax.errors import ConfigError
 from resnet_jax.metric_writers import read_metrics
 from resnet_jax.training import train_and_evaluate
-from train_cli import (REPO, assert_trees_equal, checkpoint_steps, env_with_devices, final_state,
-                       run_train, start_train, tiny_config, train_command)
+from train_cli import (FEW_STEPS, REPO, assert_trees_equal, checkpoint_steps, env_with_devices,
+                       final_state, run_train, start_train, tiny_config, train_command)
 
 
 def test_reference_run_writes_metrics_checkpoints_and_tensorboard(reference_run):
@@ -38,21 +38,6 @@ def test_reference_run_writes_metrics_checkpoints_and_tensorboard(reference_run)
     # The last K=3 checkpoints plus the best by eval top-1 are kept.
     steps = checkpoint_steps(workdir)
     assert steps[-3:] == [20, 30, 40] and len(steps) <= 4
-
-
-# A few steps at a moderate learning rate: early training amplifies float rounding (a 1e-7
-# perturbation of the initial parameters reaches 2e-4 by step 4 at lr 0.1), so equality "to float
-# tolerance" is checked where rounding stays rounding.
-FEW_STEPS = {"schedule.length": 4, "schedule.boundaries": (2.0,), "schedule.base_lr": 0.04,
-             "eval_every_steps": 2, "log_every_steps": 2}
-
-
-@pytest.fixture(scope="module")
-def few_steps_run(tmp_path_factory):
-    """FEW_STEPS on one device, in this process: (params, batch_stats) as numpy."""
-    workdir = tmp_path_factory.mktemp("few_steps")
-    train_and_evaluate(tiny_config(FEW_STEPS), str(workdir), devices=jax.devices()[:1])
-    return final_state(workdir)[0]
 
 
 def test_eight_devices_match_one_device(few_steps_run, tmp_path):
