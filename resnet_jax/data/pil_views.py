@@ -1,15 +1,16 @@
-"""The eval views of one encoded image, computed by PIL as torchvision's eval transforms compute them
-on PIL images: numpy out, no TensorFlow (tf.data calls `eval_views` through tf.numpy_function,
-preprocessing.Preprocessor.eval).
+"""The eval views of one encoded image, computed by PIL as torchvision's eval transforms compute
+them on PIL images: numpy out, no TensorFlow (tf.data calls `eval_views` through
+tf.numpy_function, preprocessing.eval_views).
 
 - Resize(r): the shorter side to r, the longer to int(r * long / short), antialiased bilinear
   (PIL's fixed-point resampler, rounded to whole pixel values).
 - CenterCrop(s): the window at (int(round((h - s) / 2)), int(round((w - s) / 2))) (half to even).
 
-Why PIL rather than tf.image: PIL *is* torchvision's reference, and resampling only the crop's box
-(`Image.resize(box=...)`, the whole image's scale and the crop's offset) costs a fraction of
-TensorFlow's ScaleAndTranslate on the decoded window (docs/performance.md has the figures). PIL releases the
-GIL while it decodes and resamples, so tf.data's parallel map still spreads over the cores.
+Why PIL rather than tf.image: PIL *is* torchvision's reference, and its decode plus a resample of
+only the crop's box (`Image.resize(box=...)`, the whole image's scale and the crop's offset) takes
+about half the CPU time of TensorFlow's windowed decode and ScaleAndTranslate (docs/performance.md).
+PIL releases the GIL while it decodes and resamples, so tf.data's parallel map still spreads over
+the cores.
 """
 
 import io
@@ -46,7 +47,9 @@ def as_array(image: Image.Image, channels: int) -> np.ndarray:
 
 def center_view(image: Image.Image, channels: int, resize: int, size: int) -> np.ndarray:
     """uint8 [size, size, channels]: Resize(resize) then CenterCrop(size), resampling only the
-    crop's box of the source (the same filter taps as resizing the whole image)."""
+    crop's box of the source with the whole image's filter taps (PIL may run its two passes in the
+    other order and rounds between them: within one grey level of the whole-image view when
+    downscaling)."""
     new_h, new_w = resized_size(image.height, image.width, resize)
     top, left = center_offset(new_h, size), center_offset(new_w, size)
     if (new_h, new_w) == (image.height, image.width):

@@ -1,7 +1,8 @@
-"""Encoded image -> the pixels the host feeds the devices, in TensorFlow, one example at a time
-(inside tf.data.Dataset.map). The host does no float arithmetic after the resize: every output is
-uint8, the rest (flip, lighting noise, normalisation, cifar's pad and crop) runs on the devices
-(`augmentation()`, on_device.augment_pixels).
+"""Encoded image -> the pixels the host feeds the devices, one example at a time inside
+tf.data.Dataset.map: train crops in TensorFlow, eval views by PIL (pil_views) inside the graph.
+The host does no float arithmetic after the resize: every output is uint8, the rest (flip,
+lighting noise, normalisation, cifar's pad and crop) runs on the devices (`augmentation()`,
+on_device.augment_pixels).
 
 Train crops (uint8 [S, S, C], S = image_size; the device half in brackets):
   paper_imagenet  a square window of the image that is an S x S crop of it with the shorter side
