@@ -208,8 +208,9 @@ def import_torchvision(name: str, path_or_state_dict: str | os.PathLike | Mappin
                              f"got {model_options[option]!r}")
     state_dict = (path_or_state_dict if isinstance(path_or_state_dict, Mapping)
                   else load_state_dict(path_or_state_dict))
-    if num_classes(state_dict) is not None:
-        model_options.setdefault("num_classes", num_classes(state_dict))
+    classes = num_classes(state_dict)
+    if classes is not None:
+        model_options.setdefault("num_classes", classes)
     model, template = _abstract_variables(name, **model_options)
     return model, torchvision_to_flax(state_dict, template)
 

@@ -31,7 +31,7 @@ images: pil_views; the devices normalise them):
 import dataclasses
 import functools
 
-from resnet_jax.data import pil_views
+import resnet_jax.data.pil_views as pil_views
 from resnet_jax.data.on_device import Augmentation
 from resnet_jax.data.tf_runtime import tensorflow
 
