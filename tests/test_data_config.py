@@ -5,12 +5,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from resnet_jax.config import base_config, validate_config
 from resnet_jax.errors import ConfigError
 from resnet_jax.data import HostSlice, splits
 from resnet_jax.data.benchmark_files import write_image_folder
+from resnet_jax.data.embedded import load_digits_pixels
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +101,24 @@ def test_train_shares_are_disjoint_even_and_large_enough():
         assert min(stop - start for start, stop in shares) >= steps * batch
 
 
-def test_importing_and_digits_do_not_import_tensorflow():
+def test_importing_and_digits_import_neither_tensorflow_nor_scikit_learn():
     code = ("import sys\nfrom resnet_jax.config import base_config, validate_config\n"
             "from resnet_jax.data import HostSlice, build_pipeline\n"
             "c = base_config(); validate_config(c)\n"
             "next(build_pipeline(c.data, HostSlice(8, 8), 0).train_batches())\n"
-            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+            "assert 'sklearn' not in sys.modules, 'sklearn was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_digits_read_from_scikit_learns_file_equal_load_digits():
+    """embedded.py reads scikit-learn's digits file itself: a change of its place or format in a
+    new scikit-learn fails here."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.RandomState(0).permutation(len(digits.target))
+    for split, index in zip(load_digits_pixels(), (np.setdiff1d(order, order[::5]), order[::5])):
+        assert split.images.shape == (len(index), 8, 8, 1) and split.images.dtype == np.uint8
+        np.testing.assert_array_equal(split.images[..., 0], digits.images[index])
+        np.testing.assert_array_equal(split.labels, digits.target[index])

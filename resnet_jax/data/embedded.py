@@ -6,6 +6,10 @@ channel); training augmentation shifts each image by up to `max_shift` pixels (z
 devices (digits_device_pipeline) the same, from the 0..16 pixels held as uint8.
 """
 
+import gzip
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 from resnet_jax.data.base import ArrayPipeline, HostSlice
@@ -15,13 +19,23 @@ NUM_CLASSES = 10
 LEVELS = 16  # pixel values are 0..16
 
 
+def _digits_file() -> Path:
+    """scikit-learn's bundled datasets/data/digits.csv.gz, the file sklearn.datasets.load_digits
+    reads, found without importing scikit-learn: that import (SciPy with it) costs 1.4 s of CPU,
+    in every process that trains on the digits. tests/test_data_config.py checks that the arrays
+    read here equal load_digits()'s."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-learn is not installed: it ships the digits dataset")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
 def load_digits_pixels() -> tuple[Split, Split]:
     """(train, test); images uint8 [N, 8, 8, 1] with values 0..LEVELS."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = digits.images.astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int32)
+    with gzip.open(_digits_file(), "rt") as f:
+        rows = np.loadtxt(f, delimiter=",")  # per example: 64 pixels, then the label
+    images = rows[:, :-1].astype(np.uint8).reshape(-1, 8, 8, 1)
+    labels = rows[:, -1].astype(np.int32)
     order = np.random.RandomState(0).permutation(len(labels))
     test = order[::5]
     train = np.setdiff1d(order, test)
