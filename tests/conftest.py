@@ -11,17 +11,18 @@ google-auth (all read them at import), and inherited by the processes the tests 
     processes, and a compiled step loaded from the cache is the same executable as one compiled
     afresh. A JAX_COMPILATION_CACHE_DIR set by the user is used instead (and kept);
   - the reference runs (`reference_run`, `few_steps_run`), each trained by the first worker that
-    asks for it.
+    asks for it, and the models' abstract traces (model_traces.py).
   The process that made the folder removes it at the end.
 """
 
-import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from session import SESSION_VAR, once_per_session
 
 os.environ.update({
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
@@ -30,31 +31,17 @@ os.environ.update({
     "GCE_METADATA_IP": "127.0.0.1:1",
 })
 
-_SESSION_VAR = "RESNET_JAX_TESTS_SESSION_DIR"
-_OWNS_SESSION = _SESSION_VAR not in os.environ
+_OWNS_SESSION = SESSION_VAR not in os.environ
 if _OWNS_SESSION:
-    os.environ[_SESSION_VAR] = tempfile.mkdtemp(prefix="resnet-jax-tests-")
+    os.environ[SESSION_VAR] = tempfile.mkdtemp(prefix="resnet-jax-tests-")
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ.update({
-            "JAX_COMPILATION_CACHE_DIR": os.path.join(os.environ[_SESSION_VAR], "xla-cache"),
+            "JAX_COMPILATION_CACHE_DIR": os.path.join(os.environ[SESSION_VAR], "xla-cache"),
             # default 1 s: most steps here compile in less
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
         })
-SESSION = Path(os.environ[_SESSION_VAR])
-
-
-def _once_per_session(name: str, make) -> Path:
-    """SESSION/<name>, made by make(folder) by the first process that asks for it, under a lock; the
-    others wait and read it."""
-    folder, done = SESSION / name, SESSION / f"{name}.done"
-    with open(SESSION / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            make(folder)
-            done.touch()
-    return folder
+SESSION = Path(os.environ[SESSION_VAR])
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +51,7 @@ def reference_run():
     their interrupted, resumed or relocated runs with it, or only read it; none writes into it."""
     from train_cli import final_state, run_train
 
-    workdir = _once_per_session("reference", run_train)
+    workdir = once_per_session("reference", run_train)
     return workdir, final_state(workdir)
 
 
@@ -77,7 +64,7 @@ def few_steps_run():
     from resnet_jax.training import train_and_evaluate
     from train_cli import FEW_STEPS, final_state, tiny_config
 
-    workdir = _once_per_session("few_steps", lambda folder: train_and_evaluate(
+    workdir = once_per_session("few_steps", lambda folder: train_and_evaluate(
         tiny_config(FEW_STEPS), str(folder), devices=jax.devices()[:1]))
     return final_state(workdir)[0]
 
