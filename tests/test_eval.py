@@ -29,6 +29,7 @@ from resnet_jax.offline_eval import Request, resolve_config, run
 from resnet_jax.restore import ExperimentCache, restore
 from resnet_jax.steps import TrainState, make_eval_step
 from resnet_jax.training import train_and_evaluate
+from session import once_per_session
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EVAL = 360  # digits test split; not a multiple of the eval batch of 64
@@ -50,12 +51,12 @@ def tiny_config():
     return c
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A 6-step run with checkpoints (and logged evals) at steps 3 and 6."""
-    workdir = str(tmp_path_factory.mktemp("run") / "w")
-    train_and_evaluate(tiny_config(), workdir)
-    return workdir
+@pytest.fixture(scope="session")
+def run_dir():
+    """A 6-step run with checkpoints (and logged evals) at steps 3 and 6, trained once for the
+    session by the first worker that asks; tests only read it (copy_of gives a copy to write)."""
+    return str(once_per_session("eval_run", lambda folder: train_and_evaluate(tiny_config(),
+                                                                             str(folder))))
 
 
 @pytest.fixture
@@ -79,19 +80,19 @@ def overwrite_middle(path, data=b"\xde\xad\xbe\xef\xde\xad\xbe\xef"):
         f.write(data)
 
 
-def test_offline_eval_equals_training_log(run_dir):
-    records = run(Request(workdir=run_dir, all_steps=True))
-    logged = {r["step"]: r for r in read_metrics(run_dir, "eval")}
+def test_offline_eval_equals_training_log(copy_of):
+    records = run(Request(workdir=copy_of, all_steps=True))
+    logged = {r["step"]: r for r in read_metrics(copy_of, "eval")}
     assert [r["step"] for r in records] == [3, 6]
     for record in records:
         for key in ("loss", "top1", "top5", "count"):
             assert record["metrics"][key] == pytest.approx(logged[record["step"]][key], rel=1e-6)
         assert record["metrics"]["count"] == NUM_EVAL
         assert record["checked"] == "sha256"
-        with open(os.path.join(run_dir, "eval_offline", f"{record['step']}.json")) as f:
+        with open(os.path.join(copy_of, "eval_offline", f"{record['step']}.json")) as f:
             assert json.load(f)["metrics"] == record["metrics"]
-    assert [r["step"] for r in read_metrics(run_dir, "eval_offline")][-2:] == [3, 6]
-    assert os.listdir(os.path.join(run_dir, "tensorboard", "eval_offline"))
+    assert [r["step"] for r in read_metrics(copy_of, "eval_offline")] == [3, 6]
+    assert os.listdir(os.path.join(copy_of, "tensorboard", "eval_offline"))
 
 
 def test_cli_on_8_devices_counts_every_example_once(run_dir, tmp_path):
