@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 from resnet_jax.convert import (TORCHVISION_MODELS, architecture, flax_to_torchvision,
                                 import_torchvision, load_state_dict, torchvision_to_flax)
 from resnet_jax.models import create_model
+from unoptimised import unoptimised
 
 # torchvision name -> (block, blocks per layer, groups, width_per_group)
 TORCHVISION_ARCHS = {
@@ -147,9 +148,9 @@ def test_imported_logits_match_reference(name, tmp_path):
     model, variables = import_torchvision(name, path)
     x = np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32)
     with jax.default_matmul_precision("highest"):
-        ours = jax.jit(lambda v, img: model.apply(v, img, train=False))(
-            variables, x.transpose(0, 2, 3, 1))
-        ref = jax.jit(lambda img: reference_logits(name, sd, img))(x)
+        ours = unoptimised(lambda v, img: model.apply(v, img, train=False), variables,
+                           x.transpose(0, 2, 3, 1))
+        ref = unoptimised(lambda weights, img: reference_logits(name, weights, img), sd, x)
     assert ours.shape == (2, 10) and ours.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=0, atol=1e-4)
 

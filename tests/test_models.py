@@ -14,6 +14,7 @@ from resnet_jax.models.blocks import BasicBlock, BottleneckBlock
 from resnet_jax.models.layers import BatchNorm
 from resnet_jax.models.summary import summarize, trace_model
 from model_traces import traced
+from unoptimised import unoptimised
 
 # torchvision model docs.
 TORCHVISION_PARAMS = {
@@ -70,15 +71,9 @@ def test_cifar_macs_match_reference_exactly():
     assert round(summarize("cifar_resnet110", 32).macs / 1e6, 2) == 252.89
 
 
-def _unoptimised(fn):
-    """fn() compiled without XLA optimisation (2 s rather than 9 s for a network's initialiser on
-    2 CPU cores): these tests check results, not speed."""
-    return jax.jit(fn).lower().compile({"xla_backend_optimization_level": 0})()
-
-
 def _initialised(model):
     """model's variables initialised from key 0 on a 32x32 image."""
-    return _unoptimised(lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3))))
+    return unoptimised(lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3))))
 
 
 def _one_block_per_stage(model):
@@ -106,7 +101,7 @@ def test_forward_and_backward(name):
         return model.apply(variables, x, train=False), *jax.value_and_grad(loss)(
             variables["params"])
 
-    logits, loss, grads = _unoptimised(forward_and_backward)
+    logits, loss, grads = unoptimised(forward_and_backward)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     assert np.isfinite(float(loss))
     norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
@@ -146,7 +141,7 @@ def _block_output(block, x):
             lambda p, v: jnp.zeros_like(v) if "bn2" in str(p) else v, variables["params"])
         return block.apply({**variables, "params": params}, x)
 
-    return _unoptimised(run)
+    return unoptimised(run)
 
 
 def test_plain_block_has_no_shortcut_and_residual_block_has_one():
@@ -176,7 +171,7 @@ def test_preactivation_leaves_the_identity_path_bare(block_cls):
     x = jax.random.normal(jax.random.key(4), (4, 8, 8, 64))
     pre = block_cls(features=64, preact=True, zero_init_residual=True, norm=norm, shortcut="B")
     post = block_cls(features=64, zero_init_residual=True, norm=norm)
-    outputs = _unoptimised(lambda: [b.apply(b.init(jax.random.key(0), x), x,
+    outputs = unoptimised(lambda: [b.apply(b.init(jax.random.key(0), x), x,
                                             mutable=["batch_stats"])[0] for b in (pre, post)])
     np.testing.assert_array_equal(outputs[0], x)
     np.testing.assert_allclose(outputs[1], jax.nn.relu(x), atol=1e-6)

