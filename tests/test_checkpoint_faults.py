@@ -22,6 +22,7 @@ from resnet_jax.divergence import nonfinite_quantities
 from resnet_jax.errors import (ConfigError, NoGoodCheckpointError, NonFiniteLossError, StorageError,
                                UnverifiedCheckpointError)
 from resnet_jax.training import train_and_evaluate
+from session import once_per_session
 from train_cli import assert_trees_equal, checkpoint_steps, final_state, run_train, tiny_config
 
 
@@ -37,11 +38,11 @@ def train(workdir, config=None, **flags):
                               **flags)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """An 8-step run with checkpoints at 2, 4, 6, 8 (the last 3 kept: 4, 6, 8)."""
-    workdir = tmp_path_factory.mktemp("finished") / "w"
-    train(workdir)
+@pytest.fixture(scope="session")
+def finished():
+    """An 8-step run with checkpoints at 2, 4, 6, 8 (the last 3 kept: 4, 6, 8), trained once for
+    the session by the first worker that asks; tests damage copies of it (copy_of)."""
+    workdir = once_per_session("faults_run", train)
     return workdir, final_state(workdir)[0]
 
 
