@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from resnet_jax.training import train_and_evaluate
-from train_cli import REPO, env_with_devices, tiny_config
+from train_cli import FEW_STEPS, REPO, env_with_devices, tiny_config
 
 
 def _run(script, *args, timeout=120):
@@ -106,8 +106,8 @@ def test_dry_run_needs_no_dataset(config, train, held_out, classes, tmp_path):
 def test_header_summary_and_a_finished_run(tmp_path, capsys):
     """What train.py prints, from train_and_evaluate in this process (the same lines through
     train.py: test_training.py's two-process run)."""
-    config = tiny_config({"schedule.length": 10, "schedule.boundaries": (5.0,),
-                          "eval_every_steps": 5})
+    # FEW_STEPS' schedule and periods: the session's few_steps_run compiled the same step.
+    config = tiny_config({**FEW_STEPS, "schedule.length": 10})
     train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     first = capsys.readouterr().out
     for fragment in ("model:    cifar_resnet20, 269,434 parameters",
