@@ -114,7 +114,7 @@ def test_torchvision_eval_matches_pil_resize_and_center_crop():
     left, top = int(round((resized.width - 56) / 2.0)), int(round((resized.height - 56) / 2.0))
     reference = np.asarray(resized.crop((left, top, left + 56, top + 56)), np.float32) / 255
     reference = (reference - TORCHVISION_MEAN) / TORCHVISION_STD
-    pixels = preprocessor("none", 56, 64).eval(encoded)["image"].numpy()
+    pixels = preprocessor("none", 56, 64).eval([encoded])["image"].numpy()[0]
     ours = (pixels / np.float32(255) - TORCHVISION_MEAN) / TORCHVISION_STD  # as the devices do
     assert ours.shape == reference.shape
     assert np.abs(ours - reference).max() <= 1.01 / 255 / TORCHVISION_STD.min()  # one grey level

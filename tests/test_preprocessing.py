@@ -37,6 +37,11 @@ def preprocessor(size=8, resize=10, eval_crop="ten_crop", scales=(8,), augment="
     return Preprocessor(size, channels, augment, resize, eval_crop, scales)
 
 
+def eval_one(pre, encoded) -> dict:
+    """{name: uint8 numpy view} of one encoded image, through `pre`'s batch eval."""
+    return {name: view.numpy()[0] for name, view in pre.eval([encoded]).items()}
+
+
 def device_half(pre, crops, mean=MEAN, std=STD, key=0):
     """float32 [N, S, S, C]: the device half of `pre`'s train augmentation over host crops [N, S, S,
     C], with jax.random.key(`key`)."""
@@ -59,7 +64,7 @@ def test_ten_crop_takes_the_four_corners_the_centre_and_their_mirrors(height, wi
     mirror(top-right), mirror(top-left), ...; the eval averages over views, so order is immaterial.)
     """
     image = random_image(height, width)
-    views = preprocessor(8, 10).eval(png(image))["image"].numpy()
+    views = eval_one(preprocessor(8, 10), png(image))["image"]
     assert views.dtype == np.uint8
     h, w = height - 8, width - 8
     top, left = int(round(h / 2)), int(round(w / 2))
@@ -76,16 +81,16 @@ def test_multi_scale_takes_a_centre_square_and_its_mirror_at_each_scale():
     already has shorter side 12 (exact windows); at 8 it is resized as torchvision's Resize on a PIL
     image (antialiased bilinear; within one grey level)."""
     image = random_image(12, 20, seed=1)
-    views = preprocessor(8, 10, "multi_scale", (12, 8)).eval(png(image))
+    views = eval_one(preprocessor(8, 10, "multi_scale", (12, 8)), png(image))
     assert sorted(views) == ["image_12", "image_8"]
-    exact = views["image_12"].numpy()
+    exact = views["image_12"]
     window = image[:, 4:16]
     np.testing.assert_array_equal(exact[0], window)
     np.testing.assert_array_equal(exact[1], window[:, ::-1])
     resized = np.asarray(Image.fromarray(image).resize((int(8 * 20 / 12), 8), Image.BILINEAR))
     assert resized.shape == (8, 13, 3)
     window = resized[:, 2:10]  # round((13 - 8) / 2) = 2, half to even
-    small = views["image_8"].numpy().astype(np.float32)
+    small = views["image_8"].astype(np.float32)
     assert np.abs(small[0] - window).max() <= 1
     assert np.abs(small[1] - window[:, ::-1]).max() <= 1
     assert preprocessor(8, 10, "multi_scale", (12, 8)).eval_shapes() == {
@@ -102,9 +107,24 @@ def test_center_view_resizes_the_shorter_side_like_torchvision(height, width, re
     resized = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)).astype(np.float32)
     top, left = (int(round((d - 8) / 2)) for d in resized.shape[:2])
     reference = resized[top:top + 8, left:left + 8]
-    view = preprocessor(8, resize, "center").eval(png(image))["image"].numpy()
+    view = eval_one(preprocessor(8, resize, "center"), png(image))["image"]
     assert view.dtype == np.uint8 and np.abs(view - reference).max() <= 1
     assert preprocessor(8, resize, "center").eval_shapes() == {"image": (8, 8, 3)}
+
+
+@pytest.mark.parametrize("crop", ["center", "ten_crop", "multi_scale"])
+def test_eval_views_of_a_batch_are_each_images_own(crop):
+    """One PIL call per batch (pil_views.eval_view_batch): images of different sizes and
+    orientations keep their own views, in order."""
+    images = [random_image(h, w, seed=h) for h, w in ((12, 17), (19, 11), (10, 10))]
+    pre = preprocessor(8, 10, crop, (12, 8))
+    batch = {name: view.numpy() for name, view in pre.eval([png(i) for i in images]).items()}
+    assert {name: v.shape for name, v in batch.items()} == {
+        name: (3,) + shape for name, shape in pre.eval_shapes().items()}
+    for i, image in enumerate(images):
+        for name, view in eval_one(pre, png(image)).items():
+            np.testing.assert_array_equal(batch[name][i], view)
+    assert not np.array_equal(batch[next(iter(batch))][0], batch[next(iter(batch))][1])
 
 
 def test_ten_crop_eval_shapes():
@@ -303,17 +323,17 @@ def test_eval_views_of_a_gif_a_grey_and_an_rgba_image():
     frames = [Image.fromarray(np.full((6, 7, 3), v, np.uint8)) for v in (40, 200)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    view = preprocessor(6, 6, "center").eval(buffer.getvalue())["image"].numpy()
+    view = eval_one(preprocessor(6, 6, "center"), buffer.getvalue())["image"]
     assert view.shape == (6, 6, 3) and abs(int(view.mean()) - 40) <= 2
     grey = random_image(6, 7)[..., 0]
-    view = preprocessor(6, 6, "center").eval(png(grey))["image"].numpy()
+    view = eval_one(preprocessor(6, 6, "center"), png(grey))["image"]
     np.testing.assert_array_equal(view, np.repeat(grey[:, :6, None], 3, axis=2))
     colour = np.zeros((6, 6, 3), np.uint8)
     colour[..., 1] = 200
-    view = preprocessor(6, 6, "center", channels=1).eval(png(colour))["image"].numpy()
+    view = eval_one(preprocessor(6, 6, "center", channels=1), png(colour))["image"]
     assert view.shape == (6, 6, 1) and np.all(view == round(200 * 0.587))
     rgba = np.dstack([random_image(6, 6, seed=3), np.full((6, 6), 7, np.uint8)])
-    view = preprocessor(6, 6, "center").eval(png(rgba))["image"].numpy()
+    view = eval_one(preprocessor(6, 6, "center"), png(rgba))["image"]
     np.testing.assert_array_equal(view, rgba[..., :3])
 
 
@@ -353,7 +373,7 @@ def test_resize_keeps_black_and_white_pixels_at_0_and_255():
     column 2."""
     image = np.zeros((20, 30, 3), np.uint8)
     image[:, :15] = 255
-    view = preprocessor(8, 10, "multi_scale", (10,)).eval(png(image))["image_10"].numpy()[0]
+    view = eval_one(preprocessor(8, 10, "multi_scale", (10,)), png(image))["image_10"][0]
     np.testing.assert_array_equal(view[:, :3], 255)
     np.testing.assert_array_equal(view[:, -2:], 0)
 

@@ -1,6 +1,6 @@
 """The eval views of one encoded image, computed by PIL as torchvision's eval transforms compute
-them on PIL images: numpy out, no TensorFlow (tf.data calls `eval_views` through
-tf.numpy_function, preprocessing.eval_views).
+them on PIL images: numpy out, no TensorFlow (tf.data calls `eval_view_batch` through
+tf.numpy_function once per batch, preprocessing.eval_views).
 
 - Resize(r): the shorter side to r, the longer to int(r * long / short), antialiased bilinear
   (PIL's fixed-point resampler, rounded to whole pixel values).
@@ -87,3 +87,13 @@ def eval_views(encoded: bytes, channels: int, crop: str, resize: int, size: int,
         view = center_view(image, channels, scale, scale)
         views.append(np.stack([view, view[:, ::-1]]))
     return views
+
+
+def eval_view_batch(encoded: np.ndarray, channels: int, crop: str, resize: int, size: int,
+                    scales: tuple[int, ...]) -> list[np.ndarray]:
+    """eval_views of each of a non-empty batch of encoded images (bytes [N]), stacked: one uint8
+    [N, *view shape] array per view. tf.data calls this once per batch rather than once per image:
+    a tf.numpy_function call per image cost about 1 ms of CPU on its own, as much as the image's
+    decode and resample (docs/performance.md)."""
+    per_image = [eval_views(e, channels, crop, resize, size, scales) for e in encoded]
+    return [np.stack(views) for views in zip(*per_image)]

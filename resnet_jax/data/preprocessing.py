@@ -1,5 +1,6 @@
-"""Encoded image -> the pixels the host feeds the devices, one example at a time inside
-tf.data.Dataset.map: train crops in TensorFlow, eval views by PIL (pil_views) inside the graph.
+"""Encoded image -> the pixels the host feeds the devices, inside tf.data.Dataset.map: train crops
+in TensorFlow one example at a time, eval views by PIL (pil_views) inside the graph one batch at a
+time.
 The host does no float arithmetic after the resize: every output is uint8, the rest (flip,
 lighting noise, normalisation, cifar's pad and crop) runs on the devices (`augmentation()`,
 on_device.augment_pixels).
@@ -98,23 +99,27 @@ def view_shapes(channels: int, crop: str, size: int, scales: tuple[int, ...]) ->
 
 def eval_views(encoded, channels: int, crop: str, resize_size: int, size: int,
                scales: tuple[int, ...]) -> dict:
-    """{name: uint8 view} of one example (module docstring), with static shapes, computed by PIL
-    (pil_views.eval_views) inside the TensorFlow graph."""
+    """{name: uint8 [N, *view shape]} of a batch of encoded images (string [N], N > 0; module
+    docstring), computed by PIL (pil_views.eval_view_batch) inside the TensorFlow graph, in one
+    call per batch."""
     tf = tensorflow()
     shapes = view_shapes(channels, crop, size, scales)
     views = tf.numpy_function(
-        functools.partial(pil_views.eval_views, channels=channels, crop=crop,
+        functools.partial(pil_views.eval_view_batch, channels=channels, crop=crop,
                           resize=resize_size, size=size, scales=tuple(scales)),
         [encoded], [tf.uint8] * len(shapes), stateful=False)
     views = tf.nest.flatten(views)  # eager mode returns a lone output unlisted
     for view, shape in zip(views, shapes.values()):
-        view.set_shape(shape)
+        view.set_shape((None,) + shape)
     return dict(zip(shapes, views))
 
 
 def center_view(encoded, channels: int, resize_size: int, size: int):
-    """uint8 [size, size, channels]: shorter side to resize_size, centre crop (module docstring)."""
-    return eval_views(encoded, channels, "center", resize_size, size, ())["image"]
+    """uint8 [size, size, channels] of one encoded image (a string scalar): shorter side to
+    resize_size, centre crop (module docstring)."""
+    tf = tensorflow()
+    batch = eval_views(tf.reshape(encoded, [1]), channels, "center", resize_size, size, ())
+    return batch["image"][0]
 
 
 def _uniform_int(seed, low, high):
@@ -198,7 +203,8 @@ class Preprocessor:
         return image
 
     def eval(self, encoded) -> dict:
-        """The eval views of one example (see the module docstring), uint8."""
+        """The eval views of a batch of encoded images (string [N], N > 0; see the module
+        docstring): {name: uint8 [N, *eval_shapes()[name]]}."""
         return eval_views(encoded, self.channels, self.eval_crop, self.resize_size,
                           self.image_size, self.eval_scales)
 

@@ -24,7 +24,7 @@ import resnet_jax.data.catalog as catalog
 import resnet_jax.data.splits as splits
 from resnet_jax.data.base import Batch, HostSlice, host_feed_spec, pad_eval_batch
 from resnet_jax.data.on_device import Augmentation, DevicePipeline, FedPipeline, Split, normalize
-from resnet_jax.data.preprocessing import Preprocessor, center_view, cifar_padding
+from resnet_jax.data.preprocessing import Preprocessor, cifar_padding, eval_views
 from resnet_jax.data.sources import Source, open_source, train_source
 from resnet_jax.data.splits import Range
 from resnet_jax.data.tf_runtime import dataset_options, tensorflow
@@ -107,14 +107,11 @@ class TFDataPipeline(FedPipeline):
         if start == stop:
             return None
 
-        def prepare(example):
-            views = self.preprocessor.eval(self.source.load(example["image"]))
-            return dict(views, label=example["label"])
-
         ds = self.source.read(splits.take(self.eval_ranges, start, stop)).take(stop - start)
-        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(self.hosts.local_eval_batch_size).prefetch(tf.data.AUTOTUNE)
-        return ds.with_options(dataset_options())
+        ds = encoded_batches(self.source, ds, self.hosts.local_eval_batch_size)
+        ds = ds.map(lambda encoded, labels: dict(self.preprocessor.eval(encoded), label=labels),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
 
     def eval_feed(self) -> Iterator[Batch]:
         size = self.hosts.local_eval_batch_size
@@ -159,6 +156,16 @@ def _describe(source: Source) -> str:
     return ", ".join(f"{name} ({size.num_examples:,})" for name, size in source.split_sizes.items())
 
 
+def encoded_batches(source: Source, ds, batch_size: int):
+    """`ds`'s examples as batches (encoded images string [n], labels [n]), the last one partial:
+    the source's bytes are loaded one example at a time and the eval views computed per batch
+    (pil_views.eval_view_batch)."""
+    tf = tensorflow()
+    ds = ds.map(lambda example: (source.load(example["image"]), example["label"]),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size)
+
+
 def check_dataset(data_config) -> None:
     """ConfigError, naming the field, if the dataset or its splits are not there (no download)."""
     split_ranges(open_source(data_config), data_config)
@@ -171,10 +178,11 @@ def measure_statistics(source: Source, ranges: list[Range], data_config,
     tf = tensorflow()
     channels, size = data_config.channels, data_config.image_size
     resize = catalog.resize_size(data_config)
-    ds = source.read(splits.take(ranges, 0, STATISTICS_EXAMPLES))
-    ds = ds.map(lambda ex: center_view(source.load(ex["image"]), channels, resize, size),
+    ds = encoded_batches(source, source.read(splits.take(ranges, 0, STATISTICS_EXAMPLES)),
+                         STATISTICS_BATCH)
+    ds = ds.map(lambda encoded, _: eval_views(encoded, channels, "center", resize, size, ())["image"],
                 num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(STATISTICS_BATCH).prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
+    ds = ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
     total = total_sq = 0.0
     count = 0
     for images in ds.as_numpy_iterator():
@@ -226,13 +234,13 @@ def decoded_split(source: Source, ranges: list[Range], data_config) -> Split:
     size, channels = data_config.image_size, data_config.channels
     resize = catalog.resize_size(data_config)
 
-    def view(example):
-        return center_view(source.load(example["image"]), channels, resize, size), example["label"]
+    def views(encoded, labels):
+        return eval_views(encoded, channels, "center", resize, size, ())["image"], labels
 
     count = splits.count(ranges)
-    ds = source.read(ranges).take(count)
-    ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = list(ds.batch(1024).prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
+    ds = encoded_batches(source, source.read(ranges).take(count), 1024)
+    ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = list(ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
                    .as_numpy_iterator())
     labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
     if len(labels) != count:
