@@ -10,8 +10,9 @@ google-auth (all read them at import), and inherited by the processes the tests 
   - one JAX persistent compilation cache: the suite compiles the same few steps in dozens of
     processes, and a compiled step loaded from the cache is the same executable as one compiled
     afresh. A JAX_COMPILATION_CACHE_DIR set by the user is used instead (and kept);
-  - the reference runs (`reference_run`, `few_steps_run`), each trained by the first worker that
-    asks for it, and the models' abstract traces (model_traces.py).
+  - the reference runs (`reference_run`, `few_steps_run`) and the runs that test_eval.py and
+    test_checkpoint_faults.py read or copy, each trained by the first worker that asks for it,
+    and the models' abstract traces (model_traces.py), all made through session.once_per_session.
   The process that made the folder removes it at the end.
 """
 
