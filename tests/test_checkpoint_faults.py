@@ -23,12 +23,14 @@ from resnet_jax.errors import (ConfigError, NoGoodCheckpointError, NonFiniteLoss
                                UnverifiedCheckpointError)
 from resnet_jax.training import train_and_evaluate
 from session import once_per_session
-from train_cli import assert_trees_equal, checkpoint_steps, final_state, run_train, tiny_config
+from train_cli import (SHORT_SCHEDULE, assert_trees_equal, checkpoint_steps, final_state,
+                       run_train, tiny_config)
 
 
 def short_config(steps=8):
-    """The TINY run cut to `steps`, checkpointed every 2 steps, evaluated once at the end."""
-    return tiny_config({"schedule.length": steps, "schedule.boundaries": (steps / 2,),
+    """The TINY run cut to `steps` (> 2), checkpointed every 2 steps, evaluated once at the end;
+    SHORT_SCHEDULE, whose compiled step every short run shares."""
+    return tiny_config({"schedule.length": steps, **SHORT_SCHEDULE,
                         "eval_every_steps": steps, "log_every_steps": 2,
                         "checkpoint_every_steps": 2, "async_checkpointing": False})
 
@@ -94,7 +96,6 @@ def test_no_good_checkpoint_stops_unless_a_flag_says_what_to_do(finished, copy_o
 
     config = short_config()
     config.schedule.length = 4  # a fresh run to step 4 writes a new, verified step 4
-    config.schedule.boundaries = (2.0,)
     train(copy_of, config, start_fresh_if_no_good_checkpoint=True)
     assert "Resumed" not in capsys.readouterr().out
     assert len(list((copy_of / "checkpoints_set_aside").glob("*.*[0-9]"))) == 3
@@ -254,7 +255,7 @@ def small_disk(tmp_path):
 def test_disk_full_stops_in_one_line_and_the_next_start_cleans_up(small_disk):
     workdir = small_disk / "run"
     short = {"async_checkpointing": True, "checkpoint_every_steps": 2, "schedule.length": 8,
-             "schedule.boundaries": (4.0,), "eval_every_steps": 8}  # the save of step 4 fails
+             **SHORT_SCHEDULE, "eval_every_steps": 8}  # the save of step 4 fails
     result = run_train(workdir, short, check=False, timeout=300)
     assert result.returncode not in (0, -11), result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()

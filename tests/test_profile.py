@@ -13,12 +13,11 @@ from resnet_jax.config import base_config, validate_config
 from resnet_jax.errors import ConfigError
 from resnet_jax.phase_clock import PhaseClock
 from resnet_jax.training import train_and_evaluate
-from train_cli import tiny_config
+from train_cli import SHORT_SCHEDULE, tiny_config
 
 
 def test_a_trace_of_steps_2_and_3_is_written_into_the_workdir(tmp_path):
-    config = tiny_config()
-    config.schedule.length, config.schedule.boundaries = 6, (3.0,)
+    config = tiny_config({"schedule.length": 6, **SHORT_SCHEDULE})
     config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 6
     config.steps_per_dispatch, config.profile_steps = 1, (2, 4)
     result = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])

@@ -17,8 +17,9 @@ from resnet_jax.config import base_config, validate_config
 from resnet_jax.errors import ConfigError
 from resnet_jax.metric_writers import read_metrics
 from resnet_jax.training import train_and_evaluate
-from train_cli import (FEW_STEPS, REPO, assert_trees_equal, checkpoint_steps, env_with_devices,
-                       final_state, run_train, start_train, tiny_config, train_command)
+from train_cli import (FEW_STEPS, REPO, SHORT_SCHEDULE, assert_trees_equal, checkpoint_steps,
+                       env_with_devices, final_state, run_train, start_train, tiny_config,
+                       train_command)
 
 
 def test_reference_run_writes_metrics_checkpoints_and_tensorboard(reference_run):
@@ -131,8 +132,7 @@ def test_a_single_process_without_a_cluster_starts_at_once():
 
 def test_checkpoint_every_steps_means_what_it_says(tmp_path):
     """Evaluation no longer forces a save; config.checkpoint_at_eval adds one at every eval."""
-    config = tiny_config()
-    config.schedule.length, config.schedule.boundaries = 12, (6.0,)
+    config = tiny_config({"schedule.length": 12, **SHORT_SCHEDULE})
     config.eval_every_steps, config.checkpoint_every_steps, config.keep_checkpoints = 3, 5, 10
     config.async_checkpointing = False
     train_and_evaluate(config, str(tmp_path / "plain"), devices=jax.devices()[:1])

@@ -26,6 +26,12 @@ FEW_STEPS = {"schedule.length": 4, "schedule.boundaries": (2.0,), "schedule.base
              "eval_every_steps": 2, "log_every_steps": 2}
 
 
+# The learning-rate drop of the short runs (a few to a dozen steps, one step per dispatch): a
+# boundary is a constant of the compiled step, so runs that share it share one program, which the
+# session's persistent compilation cache then serves.
+SHORT_SCHEDULE = {"schedule.boundaries": (2.0,)}
+
+
 def tiny_config(overrides=None):
     """The TINY run (with `overrides`, flattened field names as TINY's) as a ConfigDict, for
     in-process calls: the config train.py builds from configs/default.py and the same fields."""
