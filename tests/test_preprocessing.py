@@ -124,7 +124,8 @@ def test_eval_views_of_a_batch_are_each_images_own(crop):
     for i, image in enumerate(images):
         for name, view in eval_one(pre, png(image)).items():
             np.testing.assert_array_equal(batch[name][i], view)
-    assert not np.array_equal(batch[next(iter(batch))][0], batch[next(iter(batch))][1])
+    first = next(iter(batch.values()))
+    assert not np.array_equal(first[0], first[1])
 
 
 def test_ten_crop_eval_shapes():

@@ -157,13 +157,27 @@ def _describe(source: Source) -> str:
 
 
 def encoded_batches(source: Source, ds, batch_size: int):
-    """`ds`'s examples as batches (encoded images string [n], labels [n]), the last one partial:
-    the source's bytes are loaded one example at a time and the eval views computed per batch
+    """`ds`'s examples as batches (encoded images string [n], labels [n]), the last one partial,
+    the source's bytes loaded one example at a time: the eval views are computed per batch
     (pil_views.eval_view_batch)."""
     tf = tensorflow()
     ds = ds.map(lambda example: (source.load(example["image"]), example["label"]),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size)
+
+
+def center_view_batches(source: Source, ds, data_config, batch_size: int):
+    """`ds`'s examples as prefetched batches (centre views uint8 [n, S, S, C], labels [n])."""
+    tf = tensorflow()
+    channels, size = data_config.channels, data_config.image_size
+    resize = catalog.resize_size(data_config)
+
+    def views(encoded, labels):
+        return eval_views(encoded, channels, "center", resize, size, ())["image"], labels
+
+    ds = encoded_batches(source, ds, batch_size)
+    ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
 
 
 def check_dataset(data_config) -> None:
@@ -175,17 +189,11 @@ def measure_statistics(source: Source, ranges: list[Range], data_config,
                        per_pixel: bool) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) on the 0-255 scale of the eval centre views of the first STATISTICS_EXAMPLES
     examples of `ranges`: per channel ([C], [C]), or a mean image [S, S, C] and one std []."""
-    tf = tensorflow()
-    channels, size = data_config.channels, data_config.image_size
-    resize = catalog.resize_size(data_config)
-    ds = encoded_batches(source, source.read(splits.take(ranges, 0, STATISTICS_EXAMPLES)),
-                         STATISTICS_BATCH)
-    ds = ds.map(lambda encoded, _: eval_views(encoded, channels, "center", resize, size, ())["image"],
-                num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
+    ds = center_view_batches(source, source.read(splits.take(ranges, 0, STATISTICS_EXAMPLES)),
+                             data_config, STATISTICS_BATCH)
     total = total_sq = 0.0
     count = 0
-    for images in ds.as_numpy_iterator():
+    for images, _ in ds.as_numpy_iterator():
         images = images.astype(np.float64)
         total = total + images.sum(0)
         total_sq = total_sq + np.square(images).sum(0)
@@ -230,18 +238,9 @@ def tf_pipeline(data_config, hosts: HostSlice, seed: int) -> TFDataPipeline:
 def decoded_split(source: Source, ranges: list[Range], data_config) -> Split:
     """The eval centre views of the examples of `ranges`, decoded once: uint8 [N, S, S, C] (whole
     pixel values, as center_view rounds them) and int32 labels."""
-    tf = tensorflow()
-    size, channels = data_config.image_size, data_config.channels
-    resize = catalog.resize_size(data_config)
-
-    def views(encoded, labels):
-        return eval_views(encoded, channels, "center", resize, size, ())["image"], labels
-
     count = splits.count(ranges)
-    ds = encoded_batches(source, source.read(ranges).take(count), 1024)
-    ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = list(ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options())
-                   .as_numpy_iterator())
+    batches = list(center_view_batches(source, source.read(ranges).take(count), data_config,
+                                       1024).as_numpy_iterator())
     labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
     if len(labels) != count:
         raise ValueError(f"{source.name}: read {len(labels)} examples of {splits.to_spec(ranges)}, "
