@@ -25,7 +25,7 @@ from resnet_jax.config import model_options
 from resnet_jax.data import host_feed_dtype
 from resnet_jax.data.base import Pipeline, host_feed_spec
 from resnet_jax.data.on_device import normalize
-from resnet_jax.experiment import Experiment, jit_init, jit_multi_step
+from resnet_jax.experiment import SCHEDULE, Experiment, jit_init, jit_multi_step
 from resnet_jax.models import create_model
 from resnet_jax.plan import RunPlan
 
@@ -86,11 +86,16 @@ def _abstract_feeds(spec: dict[str, tuple[tuple[int, ...], np.dtype]], steps: in
             for k, (shape, dtype) in spec.items()}
 
 
+def _abstract_replicated(arrays, mesh):
+    """jax.ShapeDtypeStruct leaves, replicated on `mesh`, of a pytree of host arrays."""
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=sharding),
+                        arrays)
+
+
 def train_step_memory(exp: Experiment) -> Optional[CompiledMemory]:
     """Compile `exp.multi_step` for one full dispatch on abstract inputs; its memory per device."""
-    replicated = parallel.replicated(exp.mesh)
-    arrays = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated)
-              for k, v in exp.pipeline.device_arrays().items()}
+    arrays = _abstract_replicated(exp.host_data(), exp.mesh)
     feeds = _abstract_feeds(exp.pipeline.train_feed_spec(), exp.steps_per_dispatch,
                             exp.config.global_batch_size, exp.mesh)
     return of_compiled(exp.multi_step.lower(exp.abstract_train_state(), arrays, feeds).compile())
@@ -103,9 +108,6 @@ def planned_train_step_memory(config, plan: RunPlan, devices=None) -> Optional[C
     mesh = parallel.make_mesh(devices)
     model = create_model(config.model.name, num_classes=plan.data.num_classes,
                          **model_options(config))
-    schedule = optim.learning_rate_schedule(config.schedule, plan.steps_per_epoch,
-                                            config.global_batch_size)
-    tx = optim.build_optimizer(config.optimizer, schedule)
     dtype = host_feed_dtype(config.data)
     if dtype == np.uint8:  # normalised in the step
 
@@ -113,9 +115,12 @@ def planned_train_step_memory(config, plan: RunPlan, devices=None) -> Optional[C
             return {"image": normalize(feed["image"], 0.0, 1.0), "label": feed["label"]}
     else:
         batch_from_feed = Pipeline.train_batch_from_feed
-    multi_step = jit_multi_step(config, model, tx, schedule, batch_from_feed, mesh)
-    state = jax.eval_shape(jit_init(config, model, tx, plan.data.image_shape, mesh))
+    multi_step = jit_multi_step(config, model, batch_from_feed, mesh)
+    state = jax.eval_shape(jit_init(config, model, plan.data.image_shape, plan.steps_per_epoch,
+                                    mesh))
+    arrays = _abstract_replicated({SCHEDULE: optim.schedule_arguments(
+        config.schedule, plan.steps_per_epoch, config.global_batch_size)}, mesh)
     batch = config.global_batch_size
     feeds = _abstract_feeds(host_feed_spec(batch, plan.data.image_shape, dtype),
                             plan.steps_per_dispatch, batch, mesh)
-    return of_compiled(multi_step.lower(state, {}, feeds).compile(MEASURE_ONLY_COMPILER_OPTIONS))
+    return of_compiled(multi_step.lower(state, arrays, feeds).compile(MEASURE_ONLY_COMPILER_OPTIONS))

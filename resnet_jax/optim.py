@@ -16,6 +16,7 @@ learning rate (discriminative fine-tuning).
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 SCHEDULES = ("piecewise", "cosine", "constant")
@@ -38,30 +39,88 @@ def peak_learning_rate(schedule_config, global_batch_size: int) -> float:
     return schedule_config.base_lr * global_batch_size / schedule_config.base_batch_size
 
 
+def schedule_arguments(schedule_config, steps_per_epoch: int,
+                       global_batch_size: int) -> dict[str, np.ndarray]:
+    """The numbers of the learning-rate schedule, which the compiled train step takes as an
+    argument rather than as constants of its program, so that runs differing only in them (the
+    rate, the boundaries, the length, the warm-up) share one compiled step. Each schedule has only
+    those it reads: "peak" (float32, the linearly scaled base_lr) and "warmup" (int32, steps);
+    piecewise "boundaries" (int32 [number of distinct boundaries], steps, ascending) and
+    "decay_factor" (float32); cosine "decay_steps" (float32, its length after the warm-up); a
+    constant warm-up "warmup_lr" (float32). Products are taken in float64 before the one rounding
+    to float32."""
+    c = schedule_config
+    peak = peak_learning_rate(c, global_batch_size)
+    warmup = _to_steps(c.warmup, c.unit, steps_per_epoch)
+    arguments = {"peak": np.float32(peak), "warmup": np.int32(warmup)}
+    if c.name == "piecewise":
+        boundaries = sorted({_to_steps(b, c.unit, steps_per_epoch) for b in c.boundaries})
+        arguments.update(boundaries=np.asarray(boundaries, np.int32),
+                         decay_factor=np.float32(c.decay_factor))
+    elif c.name == "cosine":
+        arguments["decay_steps"] = np.float32(max(1, total_steps(c, steps_per_epoch) - warmup))
+    if c.warmup_mode == "constant":
+        arguments["warmup_lr"] = np.float32(peak * c.warmup_factor)
+    return arguments
+
+
+# The schedules below compute what optax's piecewise_constant_schedule, cosine_decay_schedule and
+# linear_schedule compute, operation for operation, from arguments that may be traced: optax's
+# constructors check their arguments in Python (decay_steps > 0, scales >= 0, transition_steps <= 0),
+# which a traced value cannot answer. The values are optax's, bit for bit, but the cosine's: XLA
+# may turn its division by a constant length into a multiplication (up to 2 ulps of the peak).
+def _piecewise(peak, boundaries, factor) -> optax.Schedule:
+    def schedule(step):
+        value = peak
+        for i in range(boundaries.shape[0]):
+            indicator = jnp.maximum(0.0, jnp.sign(boundaries[i] - step))
+            value = value * indicator + (1 - indicator) * factor * value
+        return value
+
+    return schedule
+
+
+def _cosine(peak, decay_steps) -> optax.Schedule:
+    def schedule(step):
+        step = jnp.minimum(step, decay_steps)
+        return peak * (0.5 * (1 + jnp.cos(jnp.pi * step / decay_steps)))
+
+    return schedule
+
+
+def _linear_ramp(peak, steps) -> optax.Schedule:
+    """0 at step 0 up to `peak` at `steps` (> 0 where it is used)."""
+
+    def schedule(step):
+        fraction = 1 - jnp.clip(step, 0, steps) / jnp.maximum(steps, 1)
+        return -peak * fraction + peak
+
+    return schedule
+
+
+def schedule_from_arguments(schedule_config, arguments: dict) -> optax.Schedule:
+    """step (int) -> learning rate (float32) for the whole run, warm-up included, from
+    schedule_arguments (numpy or traced); the config gives only its form (name, warmup_mode)."""
+    c, a = schedule_config, arguments
+    if c.name == "piecewise":
+        main = _piecewise(a["peak"], a["boundaries"], a["decay_factor"])
+    elif c.name == "cosine":
+        main = _cosine(a["peak"], a["decay_steps"])
+    else:
+        main = optax.constant_schedule(a["peak"])
+    ramp = (_linear_ramp(a["peak"], a["warmup"]) if c.warmup_mode == "linear"
+            else optax.constant_schedule(a["warmup_lr"]))
+    # Piecewise boundaries are absolute steps; cosine decays over what follows the warm-up.
+    if c.name == "cosine":
+        return optax.join_schedules([ramp, main], [a["warmup"]])
+    return lambda step: jnp.where(step < a["warmup"], ramp(step), main(step))
+
+
 def learning_rate_schedule(schedule_config, steps_per_epoch: int,
                            global_batch_size: int) -> optax.Schedule:
     """step (int) -> learning rate (float32) for the whole run, warm-up included."""
-    c = schedule_config
-    lr = peak_learning_rate(c, global_batch_size)
-    total = total_steps(c, steps_per_epoch)
-    warmup = _to_steps(c.warmup, c.unit, steps_per_epoch)
-    if c.name == "piecewise":
-        bounds = {_to_steps(b, c.unit, steps_per_epoch): c.decay_factor for b in c.boundaries}
-        main = optax.piecewise_constant_schedule(lr, bounds)
-    elif c.name == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(1, total - warmup))
-    else:
-        main = optax.constant_schedule(lr)
-    if not warmup:
-        return main
-    if c.warmup_mode == "linear":
-        ramp = optax.linear_schedule(0.0, lr, warmup)
-    else:
-        ramp = optax.constant_schedule(lr * c.warmup_factor)
-    # Piecewise boundaries are absolute steps; cosine decays over what follows the warm-up.
-    if c.name == "cosine":
-        return optax.join_schedules([ramp, main], [warmup])
-    return lambda step: jnp.where(step < warmup, ramp(step), main(step))
+    return schedule_from_arguments(
+        schedule_config, schedule_arguments(schedule_config, steps_per_epoch, global_batch_size))
 
 
 def weight_decay_mask(params) -> object:

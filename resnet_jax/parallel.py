@@ -92,8 +92,9 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def replicate(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """The same host arrays (equal on every process) as arrays replicated on every device."""
+def replicate(arrays, mesh: Mesh):
+    """The same host arrays (a pytree, equal on every process) as arrays replicated on every
+    device."""
     sharding = replicated(mesh)
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
-            for k, v in arrays.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_callback(
+        np.shape(v), sharding, lambda index: np.asarray(v)[index]), arrays)

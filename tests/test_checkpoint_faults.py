@@ -28,8 +28,8 @@ from train_cli import (SHORT_SCHEDULE, assert_trees_equal, checkpoint_steps, fin
 
 
 def short_config(steps=8):
-    """The TINY run cut to `steps` (> 2), checkpointed every 2 steps, evaluated once at the end;
-    SHORT_SCHEDULE, whose compiled step every short run shares."""
+    """The TINY run cut to `steps` (> 2), checkpointed every 2 steps, evaluated once at the end,
+    on SHORT_SCHEDULE."""
     return tiny_config({"schedule.length": steps, **SHORT_SCHEDULE,
                         "eval_every_steps": steps, "log_every_steps": 2,
                         "checkpoint_every_steps": 2, "async_checkpointing": False})

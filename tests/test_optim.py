@@ -216,3 +216,72 @@ def test_backbone_mask_is_everything_but_the_classifier():
     assert optim.backbone_mask(params) == {"stem_conv": {"kernel": True},
                                            "stage1_block1": {"bn1": {"scale": True}},
                                            "head": {"kernel": False, "bias": False}}
+
+
+def _optax_schedule(c, steps_per_epoch, batch):
+    """The schedule as optax's own constructors build it from Python numbers (constants)."""
+    to_steps = (lambda v: int(round(v * steps_per_epoch))) if c.unit == "epochs" else int
+    lr, warmup = optim.peak_learning_rate(c, batch), to_steps(c.warmup)
+    if c.name == "piecewise":
+        main = optax.piecewise_constant_schedule(
+            lr, {to_steps(b): c.decay_factor for b in c.boundaries})
+    elif c.name == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(1, to_steps(c.length) - warmup))
+    else:
+        main = optax.constant_schedule(lr)
+    if not warmup:
+        return main
+    ramp = (optax.linear_schedule(0.0, lr, warmup) if c.warmup_mode == "linear"
+            else optax.constant_schedule(lr * c.warmup_factor))
+    if c.name == "cosine":
+        return optax.join_schedules([ramp, main], [warmup])
+    return lambda step: jnp.where(step < warmup, ramp(step), main(step))
+
+
+SCHEDULES = {
+    "paper cifar, constant warm-up": dict(unit="steps", length=640, boundaries=(320, 480),
+                                          base_lr=0.1, warmup=40, warmup_mode="constant",
+                                          warmup_factor=0.1),
+    "imagenet epochs": dict(unit="epochs", length=9, boundaries=(3, 6, 8), base_lr=0.1),
+    "cosine, linear warm-up": dict(name="cosine", unit="epochs", length=7, warmup=2, base_lr=0.3),
+    "cosine, no warm-up": dict(name="cosine", unit="steps", length=333, base_lr=0.05),
+    "constant, linear warm-up": dict(name="constant", unit="steps", length=50, warmup=7),
+}
+
+
+@pytest.mark.parametrize("fields", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_schedule_from_arguments_equals_optax_from_constants(fields):
+    """The train step computes the schedule from arguments (traced); optax's constructors take
+    Python numbers, which become constants of the program: the same float32 values at every
+    step, but for the cosine, whose division by its length XLA may turn into a multiplication by
+    the reciprocal when the length is a constant: within 2 ulps of the peak there."""
+    c = schedule_config(**fields)
+    steps_per_epoch, batch = 100, 512
+    steps = jnp.arange(optim.total_steps(c, steps_per_epoch) + 3, dtype=jnp.int32)
+    arguments = optim.schedule_arguments(c, steps_per_epoch, batch)
+    ours = jax.jit(lambda a, s: jax.vmap(optim.schedule_from_arguments(c, a))(s))(arguments, steps)
+    theirs = jax.jit(jax.vmap(_optax_schedule(c, steps_per_epoch, batch)))(steps)
+    ulps = 2 if c.name == "cosine" else 0
+    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(theirs, np.float32),
+                               rtol=0, atol=ulps * np.spacing(arguments["peak"]))
+
+
+def test_runs_differing_only_in_schedule_numbers_share_one_compiled_step():
+    """The schedule's numbers are arguments of the train step, not constants in it: two runs with
+    other rates, boundaries, lengths and warm-ups lower to the same program (so the persistent
+    compilation cache serves the second), and a different number of boundaries does not."""
+    from test_on_device import digits_config
+
+    from resnet_jax.experiment import build_experiment
+
+    def program(**schedule):
+        c = digits_config()
+        c.schedule.update(schedule)
+        exp = build_experiment(c, jax.devices()[:1])
+        feeds = jax.tree.map(lambda x: x[None], next(exp.pipeline.train_feed(0)))
+        return exp.multi_step.lower(exp.abstract_train_state(), exp.device_data(),
+                                    feeds).as_text()
+
+    first = program(base_lr=0.1, boundaries=(2.0, 3.0), length=4.0, warmup=1.0)
+    assert program(base_lr=0.7, boundaries=(9.0, 30.0), length=50.0, warmup=0.0) == first
+    assert program(base_lr=0.1, boundaries=(2.0,), length=4.0, warmup=1.0) != first

@@ -26,8 +26,9 @@ FEW_STEPS = {"schedule.length": 4, "schedule.boundaries": (2.0,), "schedule.base
              "eval_every_steps": 2, "log_every_steps": 2}
 
 
-# The learning-rate drop of the short runs (a few to a dozen steps, one step per dispatch): a
-# boundary is a constant of the compiled step, so runs that share it share one program, which the
+# The learning-rate drop of the short runs (a few to a dozen steps), inside them as validation
+# requires (TINY's drop at step 20 is not): one boundary, as TINY has, so their compiled steps are
+# TINY's (the schedule's numbers are arguments of the step, their count is its shape), which the
 # session's persistent compilation cache then serves.
 SHORT_SCHEDULE = {"schedule.boundaries": (2.0,)}
 
