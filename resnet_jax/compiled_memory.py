@@ -123,4 +123,5 @@ def planned_train_step_memory(config, plan: RunPlan, devices=None) -> Optional[C
     batch = config.global_batch_size
     feeds = _abstract_feeds(host_feed_spec(batch, plan.data.image_shape, dtype),
                             plan.steps_per_dispatch, batch, mesh)
-    return of_compiled(multi_step.lower(state, arrays, feeds).compile(MEASURE_ONLY_COMPILER_OPTIONS))
+    compiled = multi_step.lower(state, arrays, feeds).compile(MEASURE_ONLY_COMPILER_OPTIONS)
+    return of_compiled(compiled)

@@ -66,9 +66,10 @@ def schedule_arguments(schedule_config, steps_per_epoch: int,
 
 # The schedules below compute what optax's piecewise_constant_schedule, cosine_decay_schedule and
 # linear_schedule compute, operation for operation, from arguments that may be traced: optax's
-# constructors check their arguments in Python (decay_steps > 0, scales >= 0, transition_steps <= 0),
-# which a traced value cannot answer. The values are optax's, bit for bit, but the cosine's: XLA
-# may turn its division by a constant length into a multiplication (up to 2 ulps of the peak).
+# constructors check their arguments in Python (decay_steps > 0, scales >= 0,
+# transition_steps <= 0), which a traced value cannot answer. The values are optax's, bit for bit,
+# but the cosine's: XLA may turn optax's division by a constant length into a multiplication (up
+# to 2 ulps of the peak).
 def _piecewise(peak, boundaries, factor) -> optax.Schedule:
     def schedule(step):
         value = peak
