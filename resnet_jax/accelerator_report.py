@@ -214,10 +214,14 @@ def cifar(sizes: Sizes, report: dict) -> dict:
 
 
 def digits(sizes: Sizes, report: dict) -> dict:
+    """The main job, or with sizes.digits_steps the main job cut to that many steps, its
+    learning-rate drops scaled into them (the same compiled step: the schedule's numbers are its
+    arguments)."""
     c = load_config("default")
     if sizes.digits_steps:
-        c.schedule.unit, c.schedule.boundaries = "steps", ()
-        c.schedule.length = float(sizes.digits_steps)
+        scale = sizes.digits_steps / c.schedule.length
+        c.schedule.unit, c.schedule.length = "steps", float(sizes.digits_steps)
+        c.schedule.boundaries = tuple(b * scale for b in c.schedule.boundaries)
         c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = sizes.digits_steps
     return run_config(c)
 
