@@ -266,16 +266,18 @@ def test_schedule_from_arguments_equals_optax_from_constants(fields):
                                rtol=0, atol=ulps * np.spacing(arguments["peak"]))
 
 
-def test_runs_differing_only_in_schedule_numbers_share_one_compiled_step():
-    """The schedule's numbers are arguments of the train step, not constants in it: two runs with
-    other rates, boundaries, lengths and warm-ups lower to the same program (so the persistent
-    compilation cache serves the second), and a different number of boundaries does not."""
+def test_runs_differing_only_in_schedule_numbers_or_seed_share_one_compiled_step():
+    """The schedule's numbers and the augmentation's key are arguments of the train step, not
+    constants in it: two runs with other rates, boundaries, lengths, warm-ups and seeds lower to
+    the same program (so the persistent compilation cache serves the second), and a different
+    number of boundaries does not."""
     from test_on_device import digits_config
 
     from resnet_jax.experiment import build_experiment
 
-    def program(**schedule):
+    def program(seed=0, **schedule):
         c = digits_config()
+        c.seed = seed
         c.schedule.update(schedule)
         exp = build_experiment(c, jax.devices()[:1])
         feeds = jax.tree.map(lambda x: x[None], next(exp.pipeline.train_feed(0)))
@@ -283,5 +285,5 @@ def test_runs_differing_only_in_schedule_numbers_share_one_compiled_step():
                                     feeds).as_text()
 
     first = program(base_lr=0.1, boundaries=(2.0, 3.0), length=4.0, warmup=1.0)
-    assert program(base_lr=0.7, boundaries=(9.0, 30.0), length=50.0, warmup=0.0) == first
+    assert program(base_lr=0.7, boundaries=(9.0, 30.0), length=50.0, warmup=0.0, seed=7) == first
     assert program(base_lr=0.1, boundaries=(2.0,), length=4.0, warmup=1.0) != first

@@ -125,10 +125,20 @@ class FedPipeline(Pipeline):
     def train_feed(self, start_step: int = 0) -> Iterator[Batch]:
         """Host-local feeds of steps start_step, start_step + 1, ..."""
 
+    def augmentation_arrays(self) -> dict[str, np.ndarray]:
+        """{"augmentation_key": the key data (uint32) of key(seed)} where the augmentation draws
+        anything, else {}: an argument of the compiled step rather than a constant in it, so runs
+        that differ only in their seed share one compiled step."""
+        if self.augmentation == Augmentation():
+            return {}
+        return {"augmentation_key": np.asarray(jax.random.key_data(jax.random.key(self.seed)))}
+
     def augmented(self, arrays, pixels: jax.Array, step) -> jax.Array:
         """The model input of step `step` from its global batch of pixels (augment_pixels, keyed
         by fold_in(key(seed), step): a function of the step, so resuming is exact)."""
-        key = jax.random.fold_in(jax.random.key(self.seed), step)
+        if self.augmentation == Augmentation():
+            return normalize(pixels, arrays["mean"], arrays["std"])
+        key = jax.random.fold_in(jax.random.wrap_key_data(arrays["augmentation_key"]), step)
         return augment_pixels(pixels, arrays["mean"], arrays["std"], key, self.augmentation)
 
     @abc.abstractmethod
@@ -187,7 +197,7 @@ class DevicePipeline(FedPipeline):
     def device_arrays(self) -> dict[str, np.ndarray]:
         return {"train_images": self.train.images, "train_labels": self.train.labels,
                 "eval_images": self.eval.images, "eval_labels": self.eval.labels,
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, **self.augmentation_arrays()}
 
     def global_indices(self, step: int) -> np.ndarray:
         """int32 [B]: train-set indices of the global batch of `step`."""

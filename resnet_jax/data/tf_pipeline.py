@@ -90,7 +90,7 @@ class TFDataPipeline(FedPipeline):
         return host_feed_spec(self.hosts.local_batch_size, self.image_shape, np.uint8)
 
     def device_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": self.mean, "std": self.std, **self.augmentation_arrays()}
 
     def train_batch_from_feed(self, arrays, feed, step):
         return {"image": self.augmented(arrays, feed["image"], step), "label": feed["label"]}
