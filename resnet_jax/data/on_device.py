@@ -50,6 +50,11 @@ class Augmentation:
     flip: bool = False
     lighting: bool = False
 
+    @property
+    def draws(self) -> bool:
+        """Whether it draws anything (needs a key)."""
+        return self != Augmentation()
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -129,14 +134,14 @@ class FedPipeline(Pipeline):
         """{"augmentation_key": the key data (uint32) of key(seed)} where the augmentation draws
         anything, else {}: an argument of the compiled step rather than a constant in it, so runs
         that differ only in their seed share one compiled step."""
-        if self.augmentation == Augmentation():
+        if not self.augmentation.draws:
             return {}
         return {"augmentation_key": np.asarray(jax.random.key_data(jax.random.key(self.seed)))}
 
     def augmented(self, arrays, pixels: jax.Array, step) -> jax.Array:
         """The model input of step `step` from its global batch of pixels (augment_pixels, keyed
         by fold_in(key(seed), step): a function of the step, so resuming is exact)."""
-        if self.augmentation == Augmentation():
+        if not self.augmentation.draws:
             return normalize(pixels, arrays["mean"], arrays["std"])
         key = jax.random.fold_in(jax.random.wrap_key_data(arrays["augmentation_key"]), step)
         return augment_pixels(pixels, arrays["mean"], arrays["std"], key, self.augmentation)
