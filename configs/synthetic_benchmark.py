@@ -17,7 +17,7 @@ Expected time: 100 steps of ResNet-50 at batch 256 take about 10 s plus compilat
 from resnet_jax.config import base_config, choose
 
 MODELS = ("resnet50", "resnet18", "resnet101", "resnet152", "cifar_resnet20", "cifar_resnet56",
-          "cifar_resnet110")
+          "cifar_resnet110", "cifar_resnet8")
 
 
 def get_config(arg=None):

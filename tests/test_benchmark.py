@@ -15,19 +15,18 @@ import pytest
 from resnet_jax import benchmark, torch_reference
 from resnet_jax.errors import UserError
 from resnet_jax.models.summary import summarize
-from train_cli import REPO
+from train_cli import MODEL, REPO
 
-CIFAR_RESNET20_PARAMS = 269_722  # REFERENCE.md, option A, 10 classes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def check_row(row: dict, mode: str, batch: int, devices: int, image_size: int) -> None:
-    macs = summarize("cifar_resnet20", image_size).macs
+    summary = summarize(MODEL, image_size)
     assert row["mode"] == mode
-    assert row["params"] == CIFAR_RESNET20_PARAMS
+    assert row["params"] == summary.params
     assert (row["devices"], row["global_batch"]) == (devices, batch)
     assert row["per_device_batch"] == batch // devices
-    assert row["flops_per_image"] == (6 if mode == "train" else 2) * macs
+    assert row["flops_per_image"] == (6 if mode == "train" else 2) * summary.macs
     assert row["compile_s"] > 0
     assert row["windows"] >= 1
     assert 0 < row["step_time_min_s"] <= row["step_time_mean_s"] <= row["step_time_max_s"]
@@ -44,7 +43,7 @@ def check_row(row: dict, mode: str, batch: int, devices: int, image_size: int) -
 
 
 def test_run_reports_train_and_eval_rows():
-    opts = benchmark.Options(model="cifar_resnet20", batch_sizes=(8,), image_size=8, steps=2,
+    opts = benchmark.Options(model=MODEL, batch_sizes=(8,), image_size=8, steps=2,
                              warmup=1, windows=2)
     report = benchmark.run(opts)
     assert [r["mode"] for r in report["results"]] == ["train", "eval"]
@@ -53,7 +52,8 @@ def test_run_reports_train_and_eval_rows():
     assert report["options"]["num_classes"] == 10
     assert report["machine"]["cpu_count"] >= 1
     json.dumps(report)
-    assert "cifar_resnet20 (269,722 params) at 8x8" in benchmark.format_table(report)
+    params = summarize(MODEL, 8).params
+    assert f"{MODEL} ({params:,} params) at 8x8" in benchmark.format_table(report)
 
 
 def test_cli_sweeps_batch_sizes_over_two_devices_and_writes_json(tmp_path):
@@ -61,7 +61,7 @@ def test_cli_sweeps_batch_sizes_over_two_devices_and_writes_json(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                PYTHONPATH=ROOT)
     proc = subprocess.run(
-        [sys.executable, "-m", "resnet_jax.benchmark", "--model", "cifar_resnet20",
+        [sys.executable, "-m", "resnet_jax.benchmark", "--model", MODEL,
          "--batch_size", "4,8", "--image_size", "8", "--steps", "2", "--warmup", "1",
          "--mode", "eval", "--json", str(path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -89,7 +89,7 @@ def test_time_windows_splits_steps_and_waits_once_per_window():
 
 
 def test_steps_per_dispatch_times_whole_dispatches_of_multi_step():
-    opts = benchmark.Options(model="cifar_resnet20", batch_sizes=(4,), image_size=8, steps=4,
+    opts = benchmark.Options(model=MODEL, batch_sizes=(4,), image_size=8, steps=4,
                              warmup=1, windows=3, mode="train", steps_per_dispatch=2)
     report = benchmark.run(opts)
     (row,) = report["results"]
@@ -99,7 +99,7 @@ def test_steps_per_dispatch_times_whole_dispatches_of_multi_step():
 
 
 def test_remat_off_and_on_run_side_by_side_with_micro_batches():
-    opts = benchmark.Options(model="cifar_resnet20", batch_sizes=(4,), image_size=8, steps=2,
+    opts = benchmark.Options(model=MODEL, batch_sizes=(4,), image_size=8, steps=2,
                              warmup=0, windows=2, mode="train", remat=(False, True),
                              accumulation_steps=2)
     report = benchmark.run(opts)
@@ -248,7 +248,7 @@ def test_max_batch_returns_a_batch_that_fits_and_the_next_that_does_not():
     from resnet_jax.compiled_memory import planned_train_step_memory
     from resnet_jax.plan import plan_run
 
-    opts = benchmark.resolved(benchmark.Options(model="cifar_resnet20", image_size=8))
+    opts = benchmark.resolved(benchmark.Options(model=MODEL, image_size=8))
     devices = jax.local_devices()[:1]
 
     def measured(batch: int) -> int:  # compiled here, independently of the search

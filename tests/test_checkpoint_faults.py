@@ -242,10 +242,10 @@ def test_a_failed_integrity_record_fails_the_save(tmp_path, monkeypatch):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 4 MiB tmpfs (needs root; skipped otherwise): room for one checkpoint of the tiny run."""
+    """A 1 MiB tmpfs (needs root; skipped otherwise): room for one checkpoint of the tiny run."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (not root)")
     yield mount

@@ -8,8 +8,10 @@ import sys
 import jax
 import pytest
 
+from model_traces import traced
+from resnet_jax.models import create_model
 from resnet_jax.training import train_and_evaluate
-from train_cli import FEW_STEPS, REPO, env_with_devices, tiny_config
+from train_cli import FEW_STEPS, MODEL, REPO, env_with_devices, tiny_config
 
 
 def _run(script, *args, timeout=120):
@@ -110,7 +112,8 @@ def test_header_summary_and_a_finished_run(tmp_path, capsys):
     config = tiny_config({**FEW_STEPS, "schedule.length": 10})
     train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     first = capsys.readouterr().out
-    for fragment in ("model:    cifar_resnet20, 269,434 parameters",
+    params, _ = traced(create_model(MODEL), 8, 1)  # on the digits' 8x8x1 images
+    for fragment in (f"model:    {MODEL}, {params:,} parameters",
                      "devices:  1 process(es) x 1 cpu device(s) = 1; global batch 64 = 64 per device",
                      "data:     digits: 1,437 train / 360 eval examples, 10 classes",
                      "length:   10 steps", "(new run)", "run complete at step 10 of 10",

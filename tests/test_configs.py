@@ -12,6 +12,7 @@ from resnet_jax.config import model_options, validate_config
 from resnet_jax.models import create_model
 from resnet_jax.training import train_and_evaluate
 from model_traces import traced
+from train_cli import MODEL
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # A folder's class count is its own; 37 (Oxford-IIIT Pets) stands for one.
@@ -118,10 +119,10 @@ def _few_steps(config):
 
 
 def test_synthetic_benchmark_and_cifar_recipe_on_digits_train(tmp_path):
-    bench = _few_steps(load("synthetic_benchmark.py").get_config("cifar_resnet20"))
+    bench = _few_steps(load("synthetic_benchmark.py").get_config(MODEL))
     bench.data.image_size, bench.data.num_train_examples, bench.data.num_eval_examples = 8, 96, 32
     cifar = _few_steps(load("cifar.py").get_config("resnet110"))
-    cifar.model.name, cifar.data.dataset = "cifar_resnet20", "digits"
+    cifar.model.name, cifar.data.dataset = MODEL, "digits"
     for name, config in (("bench", bench), ("cifar", cifar)):
         result = train_and_evaluate(config, str(tmp_path / name))
         assert result["step"] == 3 and math.isfinite(result["eval"]["loss"])

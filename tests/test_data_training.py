@@ -7,6 +7,7 @@ import pytest
 from resnet_jax.config import base_config
 from resnet_jax.data.benchmark_files import store_folder_as_tfds, write_image_folder
 from resnet_jax.training import train_and_evaluate
+from train_cli import MODEL
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def tfds_dir(tmp_path_factory):
 @pytest.mark.parametrize("placement", ["host", "device"])
 def test_train_and_evaluate_on_a_tiny_tfds_dataset(tfds_dir, tmp_path, placement):
     c = base_config()
-    c.model.name = "cifar_resnet20"
+    c.model.name = MODEL
     c.data.update({"dataset": "tfds", "tfds_name": "tiny_train_jpegs", "data_dir": tfds_dir,
                    "image_size": 32, "train_augment": "cifar", "placement": placement})
     c.global_batch_size = c.eval_batch_size = 8

@@ -30,6 +30,7 @@ from resnet_jax.restore import ExperimentCache, restore
 from resnet_jax.steps import TrainState, make_eval_step
 from resnet_jax.training import train_and_evaluate
 from session import once_per_session
+from train_cli import MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EVAL = 360  # digits test split; not a multiple of the eval batch of 64
@@ -37,7 +38,7 @@ NUM_EVAL = 360  # digits test split; not a multiple of the eval batch of 64
 
 def tiny_config():
     c = base_config()
-    c.model.name = "cifar_resnet20"
+    c.model.name = MODEL
     c.data.dataset = "digits"
     c.global_batch_size = 32
     c.eval_batch_size = 64
@@ -173,7 +174,7 @@ def test_stored_config_and_overrides():
     stored["schedule"]["boundaries"] = [3.0]  # as JSON stores tuples
     config = resolve_config(Request(overrides={"eval_batch_size": 40}), stored)
     assert config.schedule.boundaries == (3.0,) and config.eval_batch_size == 40
-    assert config.model.name == "cifar_resnet20" and config.schedule.length == 6.0
+    assert config.model.name == MODEL and config.schedule.length == 6.0
     from_file = resolve_config(Request(config=base_config(), overrides={"seed": 7}), stored)
     assert from_file.schedule.length == 30.0 and from_file.seed == 7  # the file replaces `stored`
     with pytest.raises(ConfigError, match="'data.retired_field'"):
@@ -271,9 +272,9 @@ def test_config_that_does_not_fit_names_array_and_shapes(run_dir):
     with pytest.raises(EvalError) as err:
         run(Request(workdir=run_dir, overrides={"model.name": "cifar_resnet32"}))
     message = str(err.value)
-    assert ("params/stage1_block4/bn1/bias: absent in the checkpoint, shape (16,) in the target"
+    assert ("params/stage1_block2/bn1/bias: absent in the checkpoint, shape (16,) in the target"
             in message)
-    assert "model.name='cifar_resnet32' (stored: 'cifar_resnet20')" in message
+    assert f"model.name='cifar_resnet32' (stored: '{MODEL}')" in message
     problem = first_mismatch({"params/head/kernel": (64, 10), "step": ()},
                              {"step": (), "params/head/kernel": (64, 5)})
     assert problem == ("params/head/kernel: shape (64, 10) in the checkpoint, shape (64, 5) in "
@@ -291,7 +292,7 @@ def test_restore_latest_under_the_stored_config_or_a_given_one(run_dir):
     other = tiny_config()
     other.model.name = "cifar_resnet32"
     with pytest.raises(IncompatibleCheckpointError,
-                       match=r"model.name='cifar_resnet32' \(stored: 'cifar_resnet20'\)"):
+                       match=rf"model.name='cifar_resnet32' \(stored: '{MODEL}'\)"):
         restore(checkpoints, 3, other)
 
 

