@@ -312,7 +312,7 @@ def test_remat_network_takes_the_same_train_step_and_rematerialises():
     for remat in (False, True):
         model = ResNet(stage_sizes=(1, 1), stage_planes=(4, 8), stem="cifar", num_classes=5,
                        remat=remat)
-        state = create_train_state(model, tx, (8, 8, 3), seed=0)
+        state = jax.jit(lambda: create_train_state(model, tx, (8, 8, 3), seed=0))()
         step = make_train_step(model, tx, optax.constant_schedule(0.1))
         results.append(jax.jit(step)(state, batch))
         jaxprs.append(str(jax.make_jaxpr(step)(state, batch)))
