@@ -13,6 +13,11 @@ from resnet_jax.models.summary import count_params, trace_model
 from session import once_per_session
 
 
+def one_block_per_stage(model: nn.Module) -> nn.Module:
+    """`model` with the same stem, blocks and head, one block per stage."""
+    return model.clone(stage_sizes=(1,) * len(model.stage_sizes))
+
+
 @functools.lru_cache(maxsize=None)
 def traced(model: nn.Module, image_size: int = 32, channels: int = 3) -> tuple[int, tuple]:
     """(trainable parameter count, head output shape without the batch) of `model` on
