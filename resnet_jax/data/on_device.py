@@ -125,18 +125,21 @@ class FedPipeline(Pipeline):
 
     seed: int
     augmentation: Augmentation
+    mean: np.ndarray  # float32, broadcast against the images (per channel or per pixel)
+    std: np.ndarray
 
     @abc.abstractmethod
     def train_feed(self, start_step: int = 0) -> Iterator[Batch]:
         """Host-local feeds of steps start_step, start_step + 1, ..."""
 
-    def augmentation_arrays(self) -> dict[str, np.ndarray]:
-        """{"augmentation_key": the key data (uint32) of key(seed)} where the augmentation draws
-        anything, else {}: an argument of the compiled step rather than a constant in it, so runs
-        that differ only in their seed share one compiled step."""
-        if not self.augmentation.draws:
-            return {}
-        return {"augmentation_key": np.asarray(jax.random.key_data(jax.random.key(self.seed)))}
+    def device_arrays(self) -> dict[str, np.ndarray]:
+        """The normalisation's mean and std and, where the augmentation draws anything,
+        "augmentation_key": the key data (uint32) of key(seed), an argument of the compiled step
+        rather than a constant in it, so runs that differ only in their seed share one step."""
+        arrays = {"mean": self.mean, "std": self.std}
+        if self.augmentation.draws:
+            arrays["augmentation_key"] = np.asarray(jax.random.key_data(jax.random.key(self.seed)))
+        return arrays
 
     def augmented(self, arrays, pixels: jax.Array, step) -> jax.Array:
         """The model input of step `step` from its global batch of pixels (augment_pixels, keyed
@@ -200,9 +203,9 @@ class DevicePipeline(FedPipeline):
                              f"{self.num_train_examples} train examples")
 
     def device_arrays(self) -> dict[str, np.ndarray]:
-        return {"train_images": self.train.images, "train_labels": self.train.labels,
-                "eval_images": self.eval.images, "eval_labels": self.eval.labels,
-                "mean": self.mean, "std": self.std, **self.augmentation_arrays()}
+        return {**super().device_arrays(), "train_images": self.train.images,
+                "train_labels": self.train.labels, "eval_images": self.eval.images,
+                "eval_labels": self.eval.labels}
 
     def global_indices(self, step: int) -> np.ndarray:
         """int32 [B]: train-set indices of the global batch of `step`."""

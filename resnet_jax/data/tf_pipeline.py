@@ -89,9 +89,6 @@ class TFDataPipeline(FedPipeline):
     def train_feed_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         return host_feed_spec(self.hosts.local_batch_size, self.image_shape, np.uint8)
 
-    def device_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "std": self.std, **self.augmentation_arrays()}
-
     def train_batch_from_feed(self, arrays, feed, step):
         return {"image": self.augmented(arrays, feed["image"], step), "label": feed["label"]}
 
