@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax.data import on_device, preprocessing
+from resnet_jax.data import on_device, pil_views, preprocessing
 from resnet_jax.data.benchmark_files import synthetic_image
 from resnet_jax.data.preprocessing import Preprocessor
 from resnet_jax.data.tf_runtime import tensorflow
@@ -336,6 +336,34 @@ def test_eval_views_of_a_gif_a_grey_and_an_rgba_image():
     rgba = np.dstack([random_image(6, 6, seed=3), np.full((6, 6), 7, np.uint8)])
     view = eval_one(preprocessor(6, 6, "center"), png(rgba))["image"]
     np.testing.assert_array_equal(view, rgba[..., :3])
+
+
+def test_eval_decoding_is_pils_whichever_decoder_runs(monkeypatch):
+    """pil_views.open_image hands a YCbCr or greyscale JPEG to simplejpeg and everything else to
+    PIL: the pixels are PIL's either way (the same libjpeg-turbo decode: within one grey level,
+    equal in practice); a CMYK JPEG (whose RGB simplejpeg computes otherwise) and a JPEG libjpeg
+    warns about (an error for simplejpeg) are PIL's exactly."""
+    decoded = []  # the images simplejpeg returned
+    decode_jpeg = pil_views.simplejpeg.decode_jpeg
+    monkeypatch.setattr(pil_views.simplejpeg, "decode_jpeg",
+                        lambda *a, **k: decoded.append(decode_jpeg(*a, **k)) or decoded[-1])
+    image = synthetic_image(np.random.default_rng(9), 37, 51)
+    cmyk = io.BytesIO()
+    Image.fromarray(np.dstack([image, image[..., :1]]), "CMYK").save(cmyk, format="JPEG")
+    plain = jpeg(image)
+    scan = plain.index(b"\xff\xda")
+    warned = plain[:scan] + b"\x00\x00" + plain[scan:]  # "2 extraneous bytes before marker 0xda"
+    for encoded, simplejpeg_decodes in ((plain, True), (jpeg(image[..., 0]), True),
+                                        (cmyk.getvalue(), False), (warned, False)):
+        decoded.clear()
+        ours = np.asarray(pil_views.open_image(encoded, 3), np.int32)
+        pils = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"), np.int32)
+        assert ours.shape == pils.shape == (37, 51, 3)
+        assert len(decoded) == simplejpeg_decodes
+        if simplejpeg_decodes:
+            assert np.abs(ours - pils).max() <= 1
+        else:
+            np.testing.assert_array_equal(ours, pils)
 
 
 @pytest.mark.parametrize("size,pad", [(56, 7), (6, 1)])
