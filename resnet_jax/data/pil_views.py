@@ -11,11 +11,10 @@ only the crop's box (`Image.resize(box=...)`, the whole image's scale and the cr
 about half the CPU time of TensorFlow's windowed decode and ScaleAndTranslate (docs/performance.md).
 A YCbCr or greyscale JPEG is decoded by simplejpeg instead of PIL's own loader: the same
 libjpeg-turbo decode (accurate integer DCT, fancy upsampling) into a numpy array, the same pixels,
-in about a fifth less CPU time (PIL's loader feeds the decoder through Python in chunks); every
-other file (CMYK and YCCK JPEGs, whose RGB simplejpeg computes differently, PNG, GIF, ...) and any
-JPEG simplejpeg refuses (libjpeg's warnings about damage are errors there) is PIL's, as before.
-PIL and simplejpeg release the GIL while they decode and resample, so tf.data's parallel map still
-spreads over the cores.
+in about a fifth less CPU time (docs/performance.md). Every other file (CMYK and YCCK JPEGs, whose
+RGB PIL computes its own way; PNG, GIF, ...) and any JPEG simplejpeg refuses (libjpeg's warnings
+about damage are errors there) is PIL's, as before. Both release the GIL while they decode, and
+PIL while it resamples, so tf.data's parallel map still spreads over the cores.
 """
 
 import io
