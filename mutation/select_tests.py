@@ -46,7 +46,7 @@ TESTS = {
     "resnet_jax/models/blocks.py": ["tests/test_blocks.py"] + MODEL_TESTS,
     "resnet_jax/models/resnet.py": ["tests/test_blocks.py"] + MODEL_TESTS,
     "resnet_jax/data/preprocessing.py": PREPROCESSING_TESTS,
-    "resnet_jax/data/pil_views.py": PREPROCESSING_TESTS,
+    "resnet_jax/data/eval_images.py": PREPROCESSING_TESTS,
 }
 
 

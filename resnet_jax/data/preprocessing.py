@@ -1,6 +1,6 @@
 """Encoded image -> the pixels the host feeds the devices, inside tf.data.Dataset.map: train crops
-in TensorFlow one example at a time, eval views by PIL (pil_views) inside the graph one batch at a
-time.
+in TensorFlow one example at a time, eval views in numpy (eval_images) inside the graph one batch
+at a time.
 The host does no float arithmetic after the resize: every output is uint8, the rest (flip,
 lighting noise, normalisation, cifar's pad and crop) runs on the devices (`augmentation()`,
 on_device.augment_pixels).
@@ -18,8 +18,8 @@ JPEG train crops decode only the crop window (tf.image.decode_and_crop_jpeg); th
 stateless, from a per-example seed, so an example's crop does not depend on thread scheduling.
 Resized crops are rounded to whole pixel values.
 
-Eval views (uint8, computed by PIL as torchvision's Resize and CenterCrop compute them on PIL
-images: pil_views; the devices normalise them):
+Eval views (uint8, placed and filtered as torchvision's Resize and CenterCrop on PIL images, within
+one grey level: eval_images; the devices normalise them):
   center       {"image": [S, S, C]}: shorter side to resize_size, centre crop S (only the crop's box
                is resampled).
   ten_crop     {"image": [10, S, S, C]}: shorter side to resize_size; the 4 corner crops and the centre
@@ -32,7 +32,7 @@ images: pil_views; the devices normalise them):
 import dataclasses
 import functools
 
-import resnet_jax.data.pil_views as pil_views
+import resnet_jax.data.eval_images as eval_images
 from resnet_jax.data.on_device import Augmentation
 from resnet_jax.data.tf_runtime import tensorflow
 
@@ -100,13 +100,13 @@ def view_shapes(channels: int, crop: str, size: int, scales: tuple[int, ...]) ->
 def eval_views(encoded, channels: int, crop: str, resize_size: int, size: int,
                scales: tuple[int, ...]) -> dict:
     """{name: uint8 [N, *view shape]} of a batch of encoded images (string [N], N > 0; module
-    docstring), computed by PIL (pil_views.eval_view_batch) inside the TensorFlow graph, in one
+    docstring), computed in numpy (eval_images.eval_view_batch) inside the TensorFlow graph, in one
     call per batch."""
     tf = tensorflow()
     shapes = view_shapes(channels, crop, size, scales)
     views = tf.numpy_function(
-        functools.partial(pil_views.eval_view_batch, channels=channels, crop=crop,
-                          resize=resize_size, size=size, scales=tuple(scales)),
+        functools.partial(eval_images.eval_view_batch, channels=channels, crop=crop,
+                          resize_to=resize_size, size=size, scales=tuple(scales)),
         [encoded], [tf.uint8] * len(shapes), stateful=False)
     views = tf.nest.flatten(views)  # eager mode returns a lone output unlisted
     for view, shape in zip(views, shapes.values()):

@@ -156,7 +156,7 @@ def _describe(source: Source) -> str:
 def encoded_batches(source: Source, ds, batch_size: int):
     """`ds`'s examples as batches (encoded images string [n], labels [n]), the last one partial,
     the source's bytes loaded one example at a time: the eval views are computed per batch
-    (pil_views.eval_view_batch)."""
+    (eval_images.eval_view_batch)."""
     tf = tensorflow()
     ds = ds.map(lambda example: (source.load(example["image"]), example["label"]),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
