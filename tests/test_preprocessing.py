@@ -447,7 +447,8 @@ def test_center_view_resamples_the_crop_box_as_the_whole_image_would_be():
     """The centre view resamples only the crop's box of the source, with the whole image's scale:
     it is torchvision's eval transform (PIL's whole-image Resize, then CenterCrop) within one grey
     level when downscaling, as often up as down (fast_image_resize's fixed-point precision is not
-    PIL's: about a fifth of the values move; with PIL's own box resample, a few per cent at most)."""
+    PIL's: about a fifth of the values move; with PIL's own box resample, a few per cent at
+    most)."""
     rng = np.random.default_rng(8)
     differences = []
     for height, width in [(90, 131), (131, 90), (70, 70), (100, 101), (57, 200)]:
